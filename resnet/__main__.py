@@ -1,0 +1,5 @@
+import sys
+
+from resnet.cli import main
+
+sys.exit(main())

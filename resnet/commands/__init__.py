@@ -1,0 +1,1 @@
+"""Sub-commands of the `resnet` command line, one module each."""
