@@ -11,6 +11,8 @@ import sys
 
 COMMANDS = {
     "summary": ("resnet.commands.summary", "print a network's Table 1 view: stages, parameters, multiply-adds"),
+    "train": ("resnet.commands.train", "train a network with the paper's recipes"),
+    "demo": ("resnet.commands.demo", "the degradation experiment in miniature (plain vs residual, two depths)"),
 }
 
 
@@ -33,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args._run(args) or 0)
-    except (UserError, ValueError, FileNotFoundError, NotADirectoryError) as e:
+    except (UserError, ValueError, FileNotFoundError, NotADirectoryError, ConnectionError) as e:
         print(f"resnet {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 
 from torch import nn
@@ -76,13 +77,19 @@ def create_model(
     shortcut: str | None = None,
     bottleneck_stride: str = "1x1",
     zero_init_residual: bool = False,
+    base_width: int | None = None,
 ) -> nn.Module:
     """Build a network of the paper by name, e.g. `create_model("resnet56")`.
 
     Defaults follow the paper: 1000 classes and shortcut B for ImageNet nets, 10 classes and
-    shortcut A for CIFAR nets, stride in the bottleneck's first 1x1 conv.
+    shortcut A for CIFAR nets, stride in the bottleneck's first 1x1 conv. `base_width` changes
+    the first stage's filters (16 CIFAR, 64 ImageNet), doubling per stage as in the paper.
     """
     spec = get_spec(name)
+    if base_width is not None:
+        if not isinstance(base_width, int) or base_width < 1:
+            raise ValueError(f"invalid base_width={base_width!r}; must be a positive integer")
+        spec = dataclasses.replace(spec, widths=tuple(base_width * 2**i for i in range(len(spec.widths))))
     shortcut = default_shortcut(name) if shortcut is None else str(shortcut).upper()
     _check_choice("shortcut", shortcut, SHORTCUTS)
     _check_choice("bottleneck_stride", bottleneck_stride, BOTTLENECK_STRIDES)
@@ -100,4 +107,6 @@ def create_model(
         "bottleneck_stride": bottleneck_stride,
         "zero_init_residual": zero_init_residual,
     }
+    if base_width is not None:
+        model.options["base_width"] = base_width
     return model

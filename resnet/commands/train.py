@@ -1,0 +1,80 @@
+"""Train a network with one of the paper's recipes; every recipe field can be overridden.
+
+Examples:
+  resnet train --model resnet20 --data cifar10 --recipe paper-cifar --out runs/r20
+  resnet train --model resnet20 --data fashion-mnist --epochs 3 --subset 5000
+  resnet train --resume runs/r20
+  torchrun --nproc_per_node=4 -m resnet train --model resnet50 --data imagenet --data-dir /data/imagenet --recipe paper-imagenet
+"""
+
+from __future__ import annotations
+
+import argparse
+import typing
+from dataclasses import fields
+
+from resnet.commands.summary import add_model_options, model_options
+from resnet.train.recipes import RECIPES, Recipe, get_recipe
+
+FIELD_HELP = {
+    "iters": "total iterations", "epochs": "total epochs (instead of --iters)", "subset": "train on the first N images",
+    "lr_drops": "fractions of training where lr is divided by 10", "device": "auto, cpu or cuda",
+}
+
+
+def _field_type(annotation: str) -> type:
+    """The argparse type for a Recipe field annotation such as 'int | None'."""
+    for name, kind in (("bool", bool), ("int", int), ("float", float), ("tuple", float)):
+        if annotation.startswith(name):
+            return kind
+    return str
+
+
+def add_recipe_overrides(p: argparse.ArgumentParser) -> None:
+    """One option per Recipe field, default None so that only what is given overrides the recipe."""
+    group = p.add_argument_group("recipe overrides (defaults come from --recipe)")
+    for f in fields(Recipe):
+        if f.name == "name":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = _field_type(str(f.type))
+        help_text = FIELD_HELP.get(f.name, f.name.replace("_", " "))
+        if kind is bool:
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif str(f.type).startswith("tuple"):
+            group.add_argument(flag, dest=f.name, type=float, nargs="+", default=None, help=help_text)
+        else:
+            group.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="network name (see `resnet summary`)")
+    p.add_argument("--data", help="dataset: cifar10, cifar100, fashion-mnist, imagenet, folder, synthetic")
+    p.add_argument("--data-dir", help="dataset folder (default: the usual places for the dataset)")
+    p.add_argument("--download", action="store_true", help="download the dataset if it is missing")
+    p.add_argument("--recipe", default="paper-cifar", choices=list(RECIPES), help="hyperparameters (default: paper-cifar)")
+    p.add_argument("--out", help="run directory (default: runs/MODEL-DATA-TIME)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run where it stopped")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar (default: when stderr is a terminal)")
+    add_model_options(p)
+    add_recipe_overrides(p)
+
+
+def recipe_from_args(args: argparse.Namespace) -> Recipe:
+    overrides = {f.name: getattr(args, f.name) for f in fields(Recipe) if f.name != "name"}
+    if overrides.get("lr_drops") is not None:
+        overrides["lr_drops"] = tuple(overrides["lr_drops"])
+    return get_recipe(args.recipe, **overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    from resnet.train.loop import Interrupted, train
+
+    try:
+        train(args.model, args.data, recipe=None if args.resume else recipe_from_args(args), out=args.out,
+              data_dir=args.data_dir, resume=args.resume, model_options=model_options(args),
+              download=args.download, progress=args.progress)
+    except Interrupted as e:
+        return e.exit_code
+    return 0

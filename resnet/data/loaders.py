@@ -1,0 +1,161 @@
+"""Loaders that resume exactly: every batch is a pure function of (seed, epoch, position).
+
+Two kinds:
+- `TensorLoader`: a small dataset (CIFAR, Fashion-MNIST) held as one uint8 tensor on the
+  training device, cropped/flipped a whole batch at a time (airbench style, no per-image Python).
+- `build_loader`: a torch DataLoader over any map-style dataset, with `ResumableSampler` sharding
+  across processes and seeding each sample's augmentation from (seed, epoch, index), so the
+  result does not depend on worker count or on where a run was resumed.
+Both have `set_epoch(epoch, start_batch=0)` and `len()` in batches per process.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+def _epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
+    if not shuffle:
+        return torch.arange(n)
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def _seed_of(*parts: int) -> int:
+    """A 31-bit seed from integers (tuples of ints hash the same in every process)."""
+    return hash(tuple(parts)) & 0x7FFF_FFFF
+
+
+def shard(order: torch.Tensor, rank: int, world_size: int, drop_last: bool, batch_size: int) -> torch.Tensor:
+    """This process's share of an epoch: every world_size-th index, whole global batches if drop_last."""
+    if drop_last:
+        usable = (len(order) // (batch_size * world_size)) * batch_size * world_size
+        order = order[:usable]
+    return order[rank::world_size]
+
+
+def random_crop_flip(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Pad each side with zeros, crop back to the original size at a random offset, flip half."""
+    b, c, h, w = images.shape
+    device = images.device
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(device)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(device)
+    flip = (torch.rand(b, generator=generator) < 0.5).to(device)
+    rows = (dy[:, None] + torch.arange(h, device=device))[:, None, :, None].expand(b, c, h, w + 2 * pad)
+    out = padded.gather(2, rows)
+    cols = dx[:, None] + torch.arange(w, device=device)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, None, :].expand(b, c, h, w)
+    return out.gather(3, cols)
+
+
+class TensorLoader:
+    """Batches from a dataset held as uint8 [N,C,H,W] on `device`, augmented per batch there."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor, batch_size: int, *,
+                 train: bool, device: str | torch.device = "cpu", seed: int = 0, pad: int = 4,
+                 rank: int = 0, world_size: int = 1) -> None:
+        self.images = images.to(device)
+        self.labels = labels.to(device)
+        self.mean = mean.to(device, torch.float32)
+        self.batch_size, self.train, self.seed, self.pad = batch_size, train, seed, pad
+        self.rank, self.world_size = rank, world_size
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+        order = _epoch_order(len(self.images), self.seed, epoch, shuffle=self.train)
+        self.indices = shard(order, self.rank, self.world_size, self.train, self.batch_size)
+
+    def __len__(self) -> int:
+        n = len(self.indices)
+        return n // self.batch_size if self.train else -(-n // self.batch_size)
+
+    def __iter__(self):
+        for i in range(self.start_batch, len(self)):
+            idx = self.indices[i * self.batch_size:(i + 1) * self.batch_size].to(self.images.device)
+            x = self.images[idx]
+            if self.train:
+                g = torch.Generator().manual_seed(_seed_of(self.seed, self.epoch, i, self.rank))
+                x = random_crop_flip(x, self.pad, g)
+            yield x.float().div_(255).sub_(self.mean), self.labels[idx]
+
+
+class ResumableSampler(Sampler):
+    """Shuffled (seed, epoch) order, sharded by rank, that can start mid-epoch; yields (index, epoch)."""
+
+    def __init__(self, n: int, batch_size: int, *, shuffle: bool, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, drop_last: bool = False) -> None:
+        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start = epoch, start_batch * self.batch_size
+        order = _epoch_order(self.n, self.seed, epoch, self.shuffle)
+        self.indices = shard(order, self.rank, self.world_size, self.drop_last, self.batch_size).tolist()
+
+    def __iter__(self):
+        return iter([(i, self.epoch) for i in self.indices[self.start:]])
+
+    def __len__(self) -> int:
+        return len(self.indices) - self.start
+
+
+class SeededSamples(Dataset):
+    """Wraps a dataset so that sample (index, epoch) draws its augmentation from its own seed."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_seed_of(self.seed, epoch, index))
+            return self.dataset[index]
+
+
+class ResumableLoader:
+    """A DataLoader whose epochs and mid-epoch restarts follow `ResumableSampler`."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, *, train: bool, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, num_workers: int | None = None, pin_memory: bool = False) -> None:
+        self.sampler = ResumableSampler(len(dataset), batch_size, shuffle=train, seed=seed, rank=rank,
+                                        world_size=world_size, drop_last=train)
+        workers = default_workers(world_size) if num_workers is None else num_workers
+        self.loader = DataLoader(SeededSamples(dataset, seed), batch_size=batch_size, sampler=self.sampler,
+                                 num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
+                                 drop_last=train, prefetch_factor=4 if workers > 0 else None)
+        self.batch_size, self.train = batch_size, train
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.sampler.set_epoch(epoch, start_batch)
+
+    def __len__(self) -> int:
+        """Batches in a whole epoch for this process (not only those left after a mid-epoch start)."""
+        n = len(self.sampler.indices)
+        return n // self.batch_size if self.train else -(-n // self.batch_size)
+
+    def __iter__(self):
+        return iter(self.loader)
+
+
+def default_workers(world_size: int = 1) -> int:
+    """Workers per process: the CPUs this process may use, shared among local processes, at most 8."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(8, cpus // max(1, world_size) - 1))
+
+
+def build_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, num_workers: int | None = None,
+                 device: str | torch.device = "cpu") -> ResumableLoader:
+    """A resumable, sharded loader for a map-style dataset; pinned memory when training on CUDA."""
+    pin = torch.device(device).type == "cuda"
+    return ResumableLoader(dataset, batch_size, train=train, seed=seed, rank=rank, world_size=world_size,
+                           num_workers=num_workers, pin_memory=pin)

@@ -1,0 +1,374 @@
+"""The training loop, top to bottom: set-up, data, model, optimiser, loop, evaluation, checkpoints.
+
+A run directory holds `config.json` (model, data, recipe), `metrics.jsonl` (one row per
+evaluation), `curves.png`, and `checkpoints/{last,best}.safetensors` with `last.state.pt`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from resnet.data.loaders import TensorLoader, build_loader
+from resnet.models import create_model, get_spec
+from resnet.train import distributed
+from resnet.train.checkpoint import (atomic_write_text, load_state_dict_checked, load_training_state, load_weights,
+                                     model_meta, save_training_state, save_weights, unwrap)
+from resnet.train.curves import plot_curves, read_metrics
+from resnet.train.progress import Progress
+from resnet.train.recipes import Recipe, describe, recipe_from_dict
+from resnet.train.schedule import LRSchedule
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived; a checkpoint was saved."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+# ----------------------------------------------------------------------------- set-up
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda, but no CUDA device is available")
+    return torch.device(name)
+
+
+def make_data(data: str, data_dir: str | None, recipe: Recipe, dist: distributed.Dist, device: torch.device,
+              download: bool):
+    """Training loader, held-out loaders by name ('val', and 'test' when the split is held out), info, mean."""
+    from resnet.data import dataset_info, get_dataset, load_tensors, pixel_mean
+    from resnet.data.transforms import test_transform, train_transform
+
+    info = dataset_info(data, data_dir, download=download)
+    mean = pixel_mean(data, data_dir, download=download)
+    per_process = recipe.batch_size // dist.world_size
+    common = {"seed": recipe.seed, "rank": dist.rank, "world_size": dist.world_size}
+    held_out = {"val": "val", "test": "test"} if recipe.val_split else {"test": "test"}
+    use_tensors = info.style == "small" and recipe.device_loader != "off"
+    if recipe.device_loader == "on" and info.style != "small":
+        raise ValueError(f"--device-loader on needs a small dataset; {data!r} is {info.style}-style")
+    split_options = {"data_dir": data_dir, "download": download, "val_split": recipe.val_split, "seed": recipe.seed}
+    if use_tensors:
+        images, labels, info = load_tensors(data, "train", **split_options)
+        if recipe.subset:
+            images, labels = images[:recipe.subset], labels[:recipe.subset]
+        train = TensorLoader(images, labels, mean, per_process, train=True, device=device, **common)
+        evals = {}
+        for key, split in held_out.items():
+            images, labels, _ = load_tensors(data, split, **split_options)
+            images, labels = images[:recipe.eval_subset], labels[:recipe.eval_subset]
+            evals[key] = TensorLoader(images, labels, mean, per_process, train=False, device=device, **common)
+        return train, evals, info, mean
+    dataset = get_dataset(data, "train", transform=train_transform(info, mean), **split_options)
+    info = dataset.info
+    if recipe.subset:
+        dataset = torch.utils.data.Subset(dataset, range(min(recipe.subset, len(dataset))))
+    workers = {"num_workers": recipe.num_workers, "device": device, **common}
+    train = build_loader(dataset, per_process, train=True, **workers)
+    evals = {}
+    for key, split in held_out.items():
+        held = get_dataset(data, split, transform=test_transform(info, mean), **split_options)
+        if recipe.eval_subset:
+            held = torch.utils.data.Subset(held, range(min(recipe.eval_subset, len(held))))
+        evals[key] = build_loader(held, per_process, train=False, **workers)
+    return train, evals, info, mean
+
+
+def make_model(model_name: str, info, mean: torch.Tensor, options: dict) -> nn.Module:
+    model = create_model(model_name, num_classes=info.num_classes, in_channels=info.channels, **options)
+    model.meta = {"classes": list(info.classes), "class_names": list(info.class_names), "dataset": info.name,
+                  "image_size": info.image_size, "style": info.style}
+    model.input_mean = mean
+    return model
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device, autocast) -> dict:
+    """Loss, top-1 and top-5 error over a loader (summed over all processes)."""
+    model.eval()
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top1 wrong, top5 wrong, count
+    for x, y in loader:
+        x, y = _to_device(x, y, device)
+        with autocast():
+            logits = model(x)
+        totals += _batch_stats(logits.float(), y)
+    model.train()
+    loss, wrong1, wrong5, n = distributed.all_reduce_sum(totals).tolist()
+    return {"loss": loss / n, "top1_error": wrong1 / n, "top5_error": wrong5 / n}
+
+
+def _batch_stats(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    k = min(5, logits.shape[1])
+    topk = logits.topk(k, dim=1).indices
+    loss = F.cross_entropy(logits, y, reduction="sum")
+    wrong1 = (topk[:, 0] != y).sum()
+    wrong5 = (topk != y[:, None]).all(dim=1).sum()
+    return torch.stack([loss.double(), wrong1.double(), wrong5.double(), torch.tensor(len(y), device=y.device).double()])
+
+
+def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool = False):
+    x = x.to(device, non_blocking=True)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y.to(device, non_blocking=True)
+
+
+# ----------------------------------------------------------------------------- the run
+
+class StopFlag:
+    """Records SIGINT/SIGTERM so the loop can save a checkpoint at the next step and exit."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._previous = {}
+
+    def __enter__(self) -> StopFlag:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+def train(model: str | None = None, data: str | None = None, *, recipe: Recipe | None = None,
+          out: str | Path | None = None, data_dir: str | None = None, resume: str | Path | None = None,
+          model_options: dict | None = None, download: bool = False, progress: bool | None = None,
+          stop_after: int | None = None) -> dict:
+    """Train `model` on `data` with `recipe`, writing a run directory; returns the last evaluation row.
+
+    `resume` continues a run directory where it stopped. `stop_after` (testing) stops as if
+    interrupted after that many steps of this call.
+    """
+    # --- configuration: fresh or from the run being resumed
+    if resume is not None:
+        run_dir = Path(resume)
+        config_path = run_dir / "config.json"
+        if not config_path.exists():
+            raise FileNotFoundError(f"{run_dir}: not a run directory (no config.json) to resume")
+        config = json.loads(config_path.read_text())
+        model = model or config["model"]
+        data = data or config["data"]
+        data_dir = data_dir or config.get("data_dir")
+        recipe = recipe_from_dict(config["recipe"])
+        model_options = config.get("model_options", {})
+    else:
+        if model is None or data is None:
+            raise ValueError("give --model and --data (or --resume RUN_DIR)")
+        get_spec(model)  # fail on a bad name before loading data
+        recipe = (recipe or Recipe()).validate()
+        model_options = dict(model_options or {})
+        run_dir = Path(out) if out else Path("runs") / f"{model}-{data}-{time.strftime('%Y%m%d-%H%M%S')}"
+        config = {"model": model, "data": data, "data_dir": data_dir, "model_options": model_options,
+                  "recipe": asdict(recipe)}
+
+    device = resolve_device(recipe.device)
+    dist = distributed.setup(device.type)
+    if device.type == "cuda" and dist.enabled:
+        device = torch.device("cuda", dist.local_rank)
+    if recipe.batch_size % dist.world_size:
+        raise ValueError(f"--batch-size {recipe.batch_size} is not divisible by {dist.world_size} processes")
+    say = print if dist.is_main else (lambda *a, **k: None)
+    torch.manual_seed(recipe.seed)
+
+    # --- data and model
+    train_loader, eval_loaders, info, mean = make_data(data, data_dir, recipe, dist, device, download)
+    net = make_model(model, info, mean, model_options)
+    ckpt_dir = run_dir / "checkpoints"
+    state = None
+    if resume is not None:
+        weights, _, _ = load_weights(ckpt_dir / "last.safetensors")
+        load_state_dict_checked(net, weights, str(ckpt_dir / "last.safetensors"), f"{model} ({data})")
+        state = load_training_state(ckpt_dir / "last.state.pt")
+    cuda = device.type == "cuda"
+    channels_last = cuda and recipe.channels_last
+    net = net.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    if dist.enabled and recipe.sync_bn:
+        net = distributed.convert_sync_batchnorm(net, device.type)
+    ddp = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if cuda else None) if dist.enabled else net
+    step_model = torch.compile(ddp) if recipe.compile else ddp
+
+    amp_dtype = torch.bfloat16 if recipe.amp_dtype == "bf16" else torch.float16
+    use_amp = cuda and recipe.amp
+
+    def autocast():
+        return torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp)
+
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
+    optimizer = torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                                weight_decay=recipe.weight_decay)
+
+    # --- length of the run
+    steps_per_epoch = len(train_loader)
+    if steps_per_epoch == 0:
+        raise ValueError(f"--batch-size {recipe.batch_size} is larger than the training set")
+    total_steps = recipe.iters if recipe.iters else recipe.epochs * steps_per_epoch
+    eval_every = recipe.eval_every or steps_per_epoch
+    depth = get_spec(model).depth
+    warmup = recipe.warmup == "on" or (recipe.warmup == "auto" and depth >= 110 and get_spec(model).residual)
+    schedule = LRSchedule(recipe, total_steps, warmup)
+
+    # --- counters, restored on resume
+    step, epoch, batch_in_epoch, best_error = 0, 0, 0, math.inf
+    window = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, wrong, count since last eval
+    elapsed = 0.0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        schedule.load_state_dict(state["schedule"])
+        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        best_error, elapsed = state["best_error"], state["elapsed"]
+        window = state["window"].to(device)
+        torch.set_rng_state(state["rng"]["cpu"])
+        if cuda and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if resume is None:
+            atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2))
+        say(f"{'resuming' if resume else 'training'} {model} on {data} ({info.num_classes} classes) -> {run_dir}")
+        say(f"device {device}, {dist.world_size} process(es), {total_steps} iterations, "
+            f"{steps_per_epoch} per epoch, amp {use_amp and recipe.amp_dtype}, channels_last {channels_last}")
+        say(f"recipe {recipe.name}:\n{describe(recipe)}")
+
+    def save_checkpoint(best: bool = False) -> None:
+        if not dist.is_main:
+            return
+        meta = model_meta(net)
+        save_weights(ckpt_dir / "last.safetensors", net, meta)
+        save_training_state(ckpt_dir / "last.state.pt", {
+            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "schedule": schedule.state_dict(),
+            "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "best_error": best_error,
+            "elapsed": elapsed, "window": window.cpu(), "model": model, "data": data,
+            "rng": {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if cuda else None}})
+        if best:
+            save_weights(ckpt_dir / "best.safetensors", net, meta)
+
+    def run_evaluation() -> dict:
+        nonlocal best_error, window
+        loss_sum, wrong, count = distributed.all_reduce_sum(window.clone()).tolist()
+        row = {"epoch": epoch, "step": step, "lr": schedule.lr(step - 1),
+               "train_loss": loss_sum / max(count, 1), "train_error": wrong / max(count, 1)}
+        for key, loader in eval_loaders.items():
+            row.update({f"{key}_{k}": v for k, v in evaluate(step_model, loader, device, autocast).items()})
+        row["images_per_sec"] = count / max(elapsed - last_eval_time[0], 1e-9)
+        row["wall_time"] = elapsed
+        selection = row.get("val_top1_error", row.get("test_top1_error"))
+        schedule.observe_val_error(selection)
+        is_best = selection < best_error
+        best_error = min(best_error, selection)
+        window = torch.zeros_like(window)
+        last_eval_time[0] = elapsed
+        if dist.is_main:
+            with open(run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+            plot_curves({model: read_metrics(run_dir / "metrics.jsonl")}, run_dir / "curves.png",
+                        title=f"{model} on {data}")
+        save_checkpoint(best=is_best)
+        return row
+
+    # --- the loop
+    last_eval_time = [elapsed]
+    last_row: dict = {}
+    bar = Progress(total_steps, initial=step, enabled=dist.is_main, force_bar=progress, log_every=recipe.log_every)
+    steps_this_call = 0
+    step_model.train()
+    with StopFlag() as stop:
+        while step < total_steps:
+            train_loader.set_epoch(epoch, batch_in_epoch)
+            tick = time.perf_counter()
+            for x, y in train_loader:
+                x, y = _to_device(x, y, device, channels_last)
+                lr = schedule.lr(step)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                with autocast():
+                    logits = step_model(x)
+                    loss = F.cross_entropy(logits, y)
+                if not torch.isfinite(loss):
+                    bar.close()
+                    raise TrainingDiverged(
+                        f"loss is {loss.item()} at step {step + 1} (epoch {epoch + 1}); training stopped, "
+                        f"the last good checkpoint is {ckpt_dir / 'last.safetensors'}")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                with torch.no_grad():
+                    wrong = (logits.argmax(1) != y).sum()
+                    window += torch.stack([loss.detach().double() * len(y), wrong.double(),
+                                           torch.tensor(float(len(y)), device=device, dtype=torch.float64)])
+                step, batch_in_epoch, steps_this_call = step + 1, batch_in_epoch + 1, steps_this_call + 1
+                now = time.perf_counter()
+                elapsed += now - tick
+                tick = now
+                if schedule.warming:
+                    schedule.observe_train_error(wrong.item() / len(y))
+                bar.update(step, epoch, lambda: {"loss": loss.item(), "err": wrong.item() / len(y), "lr": lr,
+                                                 "img/s": len(y) * dist.world_size / max(bar.step_time(), 1e-9)})
+                if step % eval_every == 0 or step == total_steps:
+                    last_row = run_evaluation()
+                    bar.log_row(last_row)
+                signum = _agreed_stop(stop.signum, dist, stop_after is not None and steps_this_call >= stop_after,
+                                      device)
+                tick = time.perf_counter()  # evaluation and logging do not count as training time
+                if signum or step >= total_steps:
+                    break
+            else:
+                epoch, batch_in_epoch = epoch + 1, 0
+                continue
+            if step >= total_steps:
+                break
+            if batch_in_epoch == steps_per_epoch:
+                epoch, batch_in_epoch = epoch + 1, 0
+            save_checkpoint()
+            bar.close()
+            message = f"stopped at step {step}; checkpoint saved; continue with: resnet train --resume {run_dir}"
+            say(message, file=sys.stderr)
+            distributed.teardown()
+            raise Interrupted(signum or signal.SIGINT, message)
+    bar.close()
+    if step % eval_every:
+        last_row = run_evaluation()
+    if dist.is_main:
+        say(f"done: {step} iterations, final " + ", ".join(f"{k} {v:.4g}" for k, v in last_row.items()
+                                                         if k.endswith("error")))
+    distributed.teardown()
+    return last_row
+
+
+def _agreed_stop(signum: int, dist: distributed.Dist, forced: bool, device: torch.device) -> int:
+    """The signal every process stops for: any process's request stops all at the same step."""
+    value = signum or (int(signal.SIGINT) if forced else 0)
+    if dist.enabled:
+        flag = torch.tensor([value], dtype=torch.int64, device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        value = int(flag.item())
+    return value

@@ -1,0 +1,70 @@
+"""Progress of a run: a tqdm bar with loss, error, images/s and ETA on a terminal, plain
+periodic log lines otherwise (CI, files)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Callable
+
+from tqdm import tqdm
+
+
+class Progress:
+    """Shows training progress; the postfix is computed only when it is displayed (no GPU sync per step)."""
+
+    def __init__(self, total: int, initial: int = 0, enabled: bool = True, force_bar: bool | None = None,
+                 log_every: int = 50) -> None:
+        self.enabled, self.total, self.log_every = enabled, total, log_every
+        self.use_bar = enabled and (sys.stderr.isatty() if force_bar is None else force_bar)
+        self.bar = tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True, file=sys.stderr) \
+            if self.use_bar else None
+        self.start, self.start_step = time.perf_counter(), initial
+        self.last_time, self.last_step = self.start, initial
+        self._step_time = 0.0
+
+    def step_time(self) -> float:
+        """Seconds per step, averaged since the last display."""
+        return self._step_time
+
+    def update(self, step: int, epoch: int, postfix: Callable[[], dict]) -> None:
+        if not self.enabled:
+            return
+        due = self.bar is not None and (step % 10 == 0 or step == self.total)
+        due = due or (self.bar is None and (step % self.log_every == 0 or step == self.total))
+        if not due:
+            return
+        now = time.perf_counter()
+        self._step_time = (now - self.last_time) / max(step - self.last_step, 1)
+        self.last_time, self.last_step = now, step
+        values = postfix()
+        if self.bar is not None:
+            self.bar.set_description(f"epoch {epoch + 1}")
+            self.bar.set_postfix({k: f"{v:.3g}" for k, v in values.items()}, refresh=False)
+            self.bar.update(step - self.bar.n)
+            return
+        rate = (step - self.start_step) / max(now - self.start, 1e-9)
+        eta = (self.total - step) / max(rate, 1e-9)
+        fields = "  ".join(f"{k} {v:.4g}" for k, v in values.items())
+        print(f"step {step}/{self.total}  epoch {epoch + 1}  {fields}  eta {_duration(eta)}", flush=True)
+
+    def log_row(self, row: dict) -> None:
+        """One line per evaluation, printed above the bar."""
+        if not self.enabled:
+            return
+        parts = [f"step {row['step']}", f"train err {100 * row['train_error']:.2f}%"]
+        for key in ("val", "test"):
+            if f"{key}_top1_error" in row:
+                parts.append(f"{key} err {100 * row[f'{key}_top1_error']:.2f}% (top-5 {100 * row[f'{key}_top5_error']:.2f}%)")
+        parts.append(f"{row['images_per_sec']:.0f} img/s")
+        (self.bar.write if self.bar is not None else print)("  ".join(parts))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

@@ -1,0 +1,99 @@
+"""Training recipes: the paper's hyperparameters as typed dataclasses, overridable field by field."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, fields
+
+
+@dataclass
+class Recipe:
+    """Everything a training run needs besides the model and data names."""
+
+    name: str = "paper-cifar"
+    batch_size: int = 128  # global batch, over all processes
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    iters: int | None = 64_000  # total iterations; `epochs` instead when set
+    epochs: int | None = None
+    schedule: str = "step"  # "step": lr / 10 at `lr_drops`; "plateau": lr / 10 when val error stalls
+    lr_drops: tuple[float, ...] = (0.5, 0.75)  # fractions of training: 32k and 48k of 64k
+    plateau_patience: int = 3  # evaluations without improvement before lr / 10
+    warmup: str = "auto"  # "auto" (ResNet-110 and deeper, as the paper), "on" or "off"
+    warmup_lr: float = 0.01  # used until training error < warmup_error
+    warmup_error: float = 0.8
+    val_split: bool = True  # the paper's 45k/5k train/val split for model selection
+    eval_every: int | None = None  # iterations between evaluations; default once per epoch
+    eval_subset: int | None = None  # evaluate on the first N held-out images (quick runs)
+    seed: int = 0
+    subset: int | None = None  # train on the first N training images
+    device: str = "auto"  # "auto", "cpu" or "cuda"
+    amp: bool = True  # mixed precision on CUDA
+    amp_dtype: str = "bf16"  # "bf16" or "fp16" (with a grad scaler)
+    channels_last: bool = True  # on CUDA
+    compile: bool = False  # torch.compile the model
+    sync_bn: bool = False  # synchronise BN statistics across processes
+    num_workers: int | None = None  # data-loader workers per process (default: from the CPU count)
+    device_loader: str = "auto"  # hold small datasets as a tensor on the device: "auto", "on", "off"
+    log_every: int = 50  # iterations between plain log lines when output is not a terminal
+
+    def validate(self) -> Recipe:
+        """Check option values, raising one line that names the option."""
+        choices = {"schedule": ("step", "plateau"), "warmup": ("auto", "on", "off"), "device": ("auto", "cpu", "cuda"),
+                   "amp_dtype": ("bf16", "fp16"), "device_loader": ("auto", "on", "off")}
+        for option, allowed in choices.items():
+            if getattr(self, option) not in allowed:
+                raise ValueError(f"invalid --{option.replace('_', '-')} {getattr(self, option)!r}; allowed: {', '.join(allowed)}")
+        for option in ("batch_size", "iters", "epochs", "subset", "eval_every", "eval_subset", "plateau_patience"):
+            value = getattr(self, option)
+            if value is not None and value < 1:
+                raise ValueError(f"invalid --{option.replace('_', '-')} {value}; must be a positive integer")
+        if self.lr <= 0:
+            raise ValueError(f"invalid --lr {self.lr}; must be positive")
+        if self.iters is None and self.epochs is None:
+            raise ValueError("give --iters or --epochs")
+        return self
+
+
+RECIPES: dict[str, Recipe] = {
+    # Section 4.2: batch 128, lr 0.1 / 10 at 32k and 48k, stop at 64k, 45k/5k split.
+    "paper-cifar": Recipe(),
+    # Section 3.4: batch 256, lr 0.1 / 10 when error plateaus, 60x10^4 iterations.
+    "paper-imagenet": Recipe(name="paper-imagenet", batch_size=256, iters=600_000, schedule="plateau",
+                             val_split=False, eval_every=5_000, warmup="off"),
+}
+
+
+def get_recipe(name: str, **overrides) -> Recipe:
+    """A copy of a named recipe with `overrides` applied (None values are ignored)."""
+    if name not in RECIPES:
+        close = difflib.get_close_matches(name, list(RECIPES), n=2)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown recipe {name!r}.{hint} Available: {', '.join(RECIPES)}")
+    names = {f.name for f in fields(Recipe)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ValueError(f"unknown recipe field(s) {', '.join(unknown)}; fields: {', '.join(sorted(names))}")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if "epochs" in given and "iters" not in given:
+        given["iters"] = None  # --epochs replaces the recipe's iteration count
+    return dataclasses.replace(RECIPES[name], **given).validate()
+
+
+def recipe_from_dict(data: dict) -> Recipe:
+    """Rebuild a saved recipe (JSON turns tuples into lists)."""
+    data = dict(data)
+    if "lr_drops" in data:
+        data["lr_drops"] = tuple(data["lr_drops"])
+    return Recipe(**data).validate()
+
+
+def describe(recipe: Recipe) -> str:
+    """The recipe as aligned `field: value` lines, printed at the start of a run."""
+    width = max(len(f.name) for f in fields(Recipe))
+    return "\n".join(f"  {f.name:<{width}}  {getattr(recipe, f.name)}" for f in fields(Recipe))
+
+
+__all__ = ["Recipe", "RECIPES", "get_recipe", "recipe_from_dict", "describe"]
