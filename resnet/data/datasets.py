@@ -1,0 +1,329 @@
+"""Datasets by name: what each one is (DatasetInfo), its splits, its images as tensors, and its training mean.
+
+The paper subtracts "the per-pixel mean" of the training set (sections 3.4 and 4.2): `pixel_mean`
+computes it once on the full official training set and caches it as a small safetensors file
+next to the data (or in ~/.cache/resnet when the data folder is read-only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+from resnet.data import folder, small
+
+DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "fashion-mnist", "imagenet", "folder", "synthetic")
+SMALL = ("cifar10", "cifar100", "fashion-mnist", "synthetic")
+SPLITS = ("train", "val", "test")
+VAL_FRACTION = {"cifar10": 10, "cifar100": 10, "fashion-mnist": 12}  # 45k/5k and 55k/5k held-out splits
+OPTIONS = {
+    "cifar10": set(),
+    "cifar100": set(),
+    "fashion-mnist": set(),
+    "imagenet": {"image_size", "draft"},
+    "folder": {"image_size", "draft"},
+    "synthetic": {"num_classes", "image_size", "length", "channels"},
+}
+MEAN_VERSION = "1"
+
+
+@dataclass
+class DatasetInfo:
+    """What a model and its transforms need to know about a dataset."""
+
+    name: str
+    classes: list[str]
+    class_names: list[str]
+    channels: int
+    image_size: int
+    style: str  # "small": pad-crop-flip at native size; "imagenet": scale augmentation, 224 crops
+    root: str | None = None
+    extra: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+class ImageTensors(Dataset):
+    """A split held in memory as uint8 images [N,C,H,W] and int64 labels [N]."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, info: DatasetInfo, transform: Callable | None = None):
+        self.images = images
+        self.labels = labels
+        self.targets = labels.tolist()
+        self.info = info
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[object, int]:
+        image = tv_tensors.Image(self.images[index])
+        return (self.transform(image) if self.transform else image), int(self.labels[index])
+
+
+class SyntheticImages(Dataset):
+    """Random uint8 images, each made on access from (seed, split, index), tinted by a per-class colour so it is learnable."""
+
+    def __init__(self, info: DatasetInfo, length: int, seed: int, split: str, transform: Callable | None = None):
+        self.info = info
+        self.length = length
+        self.transform = transform
+        self.seed = seed * 10 + SPLITS.index(split)
+        g = torch.Generator().manual_seed(seed)  # class colours are shared by all splits
+        self.colours = torch.randint(0, 128, (info.num_classes, info.channels, 1, 1), generator=g, dtype=torch.uint8)
+        g = torch.Generator().manual_seed(self.seed)
+        self.labels = torch.randint(0, info.num_classes, (length,), generator=g)
+        self.targets = self.labels.tolist()
+
+    def __len__(self) -> int:
+        return self.length
+
+    def image(self, index: int) -> torch.Tensor:
+        """The uint8 [C,S,S] image of sample `index`, the same every time."""
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        s, c = self.info.image_size, self.info.channels
+        noise = torch.randint(0, 128, (c, s, s), generator=g, dtype=torch.uint8)
+        return noise + self.colours[self.labels[index]]
+
+    def __getitem__(self, index: int) -> tuple[object, int]:
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        image = tv_tensors.Image(self.image(index))
+        return (self.transform(image) if self.transform else image), int(self.labels[index])
+
+
+def _check(name: str, split: str, options: dict) -> None:
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    unknown = set(options) - OPTIONS[name]
+    if unknown:
+        allowed = ", ".join(sorted(OPTIONS[name])) or "none"
+        raise ValueError(f"unknown option(s) {', '.join(sorted(unknown))} for dataset {name} (allowed: {allowed})")
+
+
+# ---- info -----------------------------------------------------------------------------------
+
+
+def _synthetic_info(num_classes: int = 10, image_size: int = 32, length: int = 512, channels: int = 3) -> DatasetInfo:
+    classes = [str(i) for i in range(num_classes)]
+    style = "small" if image_size <= 64 else "imagenet"
+    return DatasetInfo("synthetic", classes, classes, channels, image_size, style, None, {"length": length})
+
+
+def _tree_root(name: str, data_dir: str | Path | None) -> Path:
+    """The folder holding train/ and val/ (imagenet also accepts Kaggle's ILSVRC/Data/CLS-LOC inside data_dir)."""
+    root = Path(data_dir).expanduser() if data_dir is not None else small.data_home() / name
+    kaggle = root / "ILSVRC" / "Data" / "CLS-LOC"
+    if name == "imagenet" and not (root / "train").is_dir() and (kaggle / "train").is_dir():
+        root = kaggle
+    if not (root / "train").is_dir() or not folder.has_class_folders(root / "train"):
+        how = (
+            "train/<wnid>/*.JPEG and val/ (class folders, or flat with ILSVRC2012_devkit_t12 or LOC_val_solution.csv)"
+            if name == "imagenet"
+            else "train/<class>/<image> and val/<class>/<image>"
+        )
+        raise FileNotFoundError(f"{name}: no class folders in {root / 'train'} (expected {how}); pass --data-dir PATH")
+    return root
+
+
+def _tree_info(name: str, data_dir: str | Path | None, image_size: int = 224, draft: int | None = None) -> DatasetInfo:
+    root = _tree_root(name, data_dir)
+    classes = folder.folder_classes(root / "train")
+    names = folder.class_words(root, classes) if name == "imagenet" else classes
+    return DatasetInfo(name, classes, names, 3, image_size, "imagenet", str(root))
+
+
+def dataset_info(name: str, data_dir: str | Path | None = None, *, download: bool = False, **options) -> DatasetInfo:
+    """The classes, channels, crop size, augmentation style and root of a dataset, without reading its images."""
+    _check(name, "train", options)
+    if name == "synthetic":
+        return _synthetic_info(**options)
+    if name in small.CIFAR:
+        root = small.cifar_root(name, data_dir, download)
+        classes = small.cifar_classes(root, name)
+        return DatasetInfo(name, classes, classes, 3, 32, "small", str(root))
+    if name == "fashion-mnist":
+        root = small.fashion_mnist_root(data_dir, download)
+        classes = small.FASHION_MNIST_CLASSES
+        return DatasetInfo(name, list(classes), list(classes), 1, 28, "small", str(root))
+    return _tree_info(name, data_dir, **options)
+
+
+# ---- splits ---------------------------------------------------------------------------------
+
+
+def _official_split(info: DatasetInfo, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    root = Path(info.root)
+    if info.name in small.CIFAR:
+        return small.read_cifar(root, info.name, split)
+    return small.read_fashion_mnist(root, split)
+
+
+def held_out(n: int, name: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (train, val) of the paper's held-out split of n training images, fixed by seed."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_val = n // VAL_FRACTION[name]
+    return order[n_val:].sort().values, order[:n_val].sort().values
+
+
+def load_tensors(
+    name: str,
+    split: str = "train",
+    data_dir: str | Path | None = None,
+    *,
+    download: bool = False,
+    val_split: bool = False,
+    seed: int = 0,
+    **options,
+) -> tuple[torch.Tensor, torch.Tensor, DatasetInfo]:
+    """A small dataset's split as uint8 images [N,C,H,W], int64 labels [N] and its info (for on-device loaders)."""
+    _check(name, split, options)
+    if name not in SMALL:
+        raise ValueError(f"load_tensors holds small datasets in memory ({', '.join(SMALL)}); {name} is read from files")
+    info = dataset_info(name, data_dir, download=download, **options)
+    if name == "synthetic":
+        data = SyntheticImages(info, info.extra["length"], seed, split)
+        images = torch.stack([data.image(i) for i in range(len(data))]) if len(data) else torch.empty(0, info.channels, info.image_size, info.image_size, dtype=torch.uint8)
+        return images, data.labels.clone(), info
+    if split == "test" or (split == "val" and not val_split):
+        images, labels = _official_split(info, "test")
+        return images, labels, info
+    images, labels = _official_split(info, "train")
+    if val_split:
+        train, val = held_out(len(labels), name, seed)
+        keep = train if split == "train" else val
+        images, labels = images[keep], labels[keep]
+    return images, labels, info
+
+
+def _tree_samples(info: DatasetInfo, split: str) -> list[tuple[str, int]]:
+    root = Path(info.root)
+    class_to_idx = {c: i for i, c in enumerate(info.classes)}
+    if split == "train":
+        return folder.class_folder_samples(root / "train", class_to_idx)
+    val = root / "val"
+    if not val.is_dir():
+        raise FileNotFoundError(f"{info.name}: no {val} (expected val/<class>/<image>, or flat val/ with ground truth)")
+    if info.name == "imagenet" and folder.is_flat(val):
+        return folder.flat_val_samples(root, val, class_to_idx)
+    return folder.class_folder_samples(val, class_to_idx)
+
+
+def get_dataset(
+    name: str,
+    split: str = "train",
+    data_dir: str | Path | None = None,
+    *,
+    transform: Callable | None = None,
+    download: bool = False,
+    val_split: bool = False,
+    seed: int = 0,
+    strict: bool = False,
+    **options,
+) -> Dataset:
+    """A split of a dataset by name; items are (image, label), the image a uint8 tv_tensors.Image before `transform`."""
+    _check(name, split, options)
+    if name in SMALL and name != "synthetic":
+        images, labels, info = load_tensors(name, split, data_dir, download=download, val_split=val_split, seed=seed)
+        return ImageTensors(images, labels, info, transform)
+    if name == "synthetic":
+        info = _synthetic_info(**options)
+        return SyntheticImages(info, info.extra["length"], seed, split, transform)
+    draft = options.pop("draft", None)
+    info = _tree_info(name, data_dir, **options)
+    dataset = folder.ImageTree(_tree_samples(info, split), info, transform, strict=strict, draft=draft)
+    if not dataset.samples:
+        raise FileNotFoundError(f"{name}: no images for split {split} under {info.root}")
+    return dataset
+
+
+# ---- per-pixel mean -------------------------------------------------------------------------
+
+
+def cache_home() -> Path:
+    """Where computed means go when the data folder is read-only: $XDG_CACHE_HOME/resnet or ~/.cache/resnet."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "resnet"
+
+
+def _fingerprint(info: DatasetInfo) -> str:
+    """Changes when the training files change: their sizes and mtimes (class folders' mtimes for trees)."""
+    root = Path(info.root)
+    if info.name in small.CIFAR:
+        paths = [root / f for f in small.cifar_files(info.name, "train")]
+    elif info.name == "fashion-mnist":
+        paths = sorted(p for p in root.iterdir() if p.name.startswith("train-"))
+    else:
+        paths = [root / "train" / c for c in info.classes]
+    stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
+    return hashlib.sha1(json.dumps(stats).encode()).hexdigest()
+
+
+def _mean_path(info: DatasetInfo) -> Path:
+    root = Path(info.root).resolve()
+    if os.access(root, os.W_OK) and not root.is_relative_to("/usr"):  # never write into a system package's folder
+        return root / f"resnet-mean-{info.name}.safetensors"
+    key = hashlib.sha1(str(root).encode()).hexdigest()[:12]
+    return cache_home() / f"mean-{info.name}-{key}.safetensors"
+
+
+def _read_cached_mean(path: Path, meta: dict) -> torch.Tensor | None:
+    try:
+        with safe_open(str(path), "pt") as f:
+            if f.metadata() != meta:
+                return None
+        return load_file(str(path))["mean"]
+    except (OSError, SafetensorError, KeyError):
+        return None
+
+
+def _write_cached_mean(path: Path, mean: torch.Tensor, meta: dict) -> None:
+    from resnet.train.checkpoint import atomic_write
+
+    try:
+        atomic_write(path, lambda tmp: save_file({"mean": mean.contiguous()}, tmp, metadata=meta))
+    except OSError:
+        pass  # a cache that cannot be written is recomputed next time
+
+
+def _compute_mean(name: str, info: DatasetInfo, data_dir, options: dict) -> torch.Tensor:
+    if info.style == "small":
+        images, _, _ = load_tensors(name, "train", data_dir, **options)
+        total = torch.zeros(images.shape[1:], dtype=torch.float64)
+        for chunk in images.split(4096):
+            total += chunk.sum(dim=0, dtype=torch.float64)
+        return (total / max(len(images), 1) / 255).float()
+    if name == "synthetic":
+        data = SyntheticImages(info, info.extra["length"], 0, "train")
+        sums = torch.stack([data.image(i).double().mean(dim=(1, 2)) for i in range(min(len(data), 10_000))])
+        return (sums.mean(0) / 255).float()[:, None, None]
+    dataset = folder.ImageTree(_tree_samples(info, "train"), info)
+    return folder.channel_mean(dataset)
+
+
+def pixel_mean(name: str, data_dir: str | Path | None = None, **options) -> torch.Tensor:
+    """The training set's mean image on 0..1: [C,H,W] per pixel for small datasets, [C,1,1] per channel for ImageNet style."""
+    options.pop("download", None)
+    info = dataset_info(name, data_dir, **options)
+    if info.root is None:
+        return _compute_mean(name, info, data_dir, options)
+    meta = {"dataset": name, "style": info.style, "fingerprint": _fingerprint(info), "version": MEAN_VERSION}
+    path = _mean_path(info)
+    mean = _read_cached_mean(path, meta)
+    if mean is None:
+        mean = _compute_mean(name, info, data_dir, options)
+        _write_cached_mean(path, mean, meta)
+    return mean
