@@ -1,0 +1,51 @@
+"""Top-1/top-5 error (and loss) of checkpoints on a dataset split under the paper's test protocols.
+
+Several --checkpoint options also give the ensemble's error (softmax scores averaged). Protocols:
+center (256 resize, 224 centre crop; CIFAR-size data: the image itself), 10crop (corners and centre
+and their flips; CIFAR-size data: crops of the image padded by 4), multiscale (fully-convolutional,
+shorter side at each of --scales, and the flip; CIFAR-size default: the image's own size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from resnet.evaluate.protocols import PAPER_SCALES, PROTOCOLS
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", action="append", required=True, metavar="PATH",
+                   help="a .safetensors checkpoint or a run directory; repeat for an ensemble")
+    p.add_argument("--data", required=True, metavar="NAME", help="dataset: cifar10, cifar100, fashion-mnist, imagenet, folder, synthetic")
+    p.add_argument("--data-dir", metavar="PATH", help="where the dataset lives")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to evaluate (default: test)")
+    p.add_argument("--protocol", default="center", choices=PROTOCOLS, help="test protocol (default: center)")
+    p.add_argument("--scales", type=int, nargs="+", metavar="S",
+                   help=f"shorter sides for multiscale (default: {' '.join(map(str, PAPER_SCALES))}; CIFAR-size: the image size)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+    p.add_argument("--workers", type=int, help="data-loading processes (default: cores - 1, at most 8)")
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N images")
+    p.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
+    p.add_argument("--download", action="store_true", help="download the dataset if it is missing")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from resnet.evaluate.runner import evaluate_checkpoints, format_results
+    from resnet.train.checkpoint import atomic_write_text
+
+    if args.scales and args.protocol != "multiscale":
+        raise ValueError("--scales applies to --protocol multiscale only")
+    if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
+        raise ValueError("--batch-size and --limit must be positive")
+    result = evaluate_checkpoints(args.checkpoint, args.data, data_dir=args.data_dir, split=args.split,
+                                  protocol=args.protocol, scales=args.scales, batch_size=args.batch_size,
+                                  device=args.device, limit=args.limit, num_workers=args.workers,
+                                  progress=not args.no_progress, download=args.download)
+    print(format_results(result))
+    if args.json:
+        atomic_write_text(args.json, json.dumps(result, indent=2))
+        print(f"wrote {args.json}")
+    return 0
