@@ -11,6 +11,11 @@ import sys
 
 COMMANDS = {
     "summary": ("resnet.commands.summary", "print a network's Table 1 view: stages, parameters, multiply-adds"),
+    "eval": ("resnet.commands.eval", "top-1/top-5 error of checkpoints (and their ensemble): center, 10-crop, multi-scale"),
+    "predict": ("resnet.commands.predict", "top-5 classes and probabilities of image files"),
+    "export": ("resnet.commands.export", "ONNX export (BN folded, dynamic batch), checked against ONNX Runtime"),
+    "convert": ("resnet.commands.convert", "import torchvision or timm ResNet weights as a checkpoint"),
+    "analyze": ("resnet.commands.analyze", "analyses of trained nets: layer responses (Fig. 7)"),
     "train": ("resnet.commands.train", "train a network with the paper's recipes"),
     "demo": ("resnet.commands.demo", "the degradation experiment in miniature (plain vs residual, two depths)"),
 }
