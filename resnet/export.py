@@ -2,7 +2,10 @@
 of the written file against ONNX Runtime.
 
 Folding uses torch's own `fuse_conv_bn_eval` on every conv -> BN pair of the network (the stem,
-each block's convs, the projection shortcuts); the BN becomes an identity. The exporter is the
+each block's convs, the projection shortcuts); the BN becomes an identity. Doing it here, rather than
+relying on an exporter's optimisation, makes the folded model a PyTorch module that can be compared
+with the original, and gives the same graph from either exporter. `fold_bn=False` keeps the
+BatchNormalization nodes (for inspection or further training in ONNX tooling). The exporter is the
 TorchScript-based one (`dynamo=False`): on this code it is several times faster than the
 torch.export-based one and gives the same graph of Conv/Relu/Add/GlobalAveragePool/Gemm.
 """
@@ -50,7 +53,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return folded
 
 
-def _export(model: nn.Module, example: torch.Tensor, path: str, opset: int, dynamo: bool) -> None:
+def _export(model: nn.Module, example: torch.Tensor, path: str, opset: int, dynamo: bool, fold_bn: bool) -> None:
     axes = {"input": {0: "batch"}, "logits": {0: "batch"}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -59,8 +62,10 @@ def _export(model: nn.Module, example: torch.Tensor, path: str, opset: int, dyna
             torch.onnx.export(model, (example,), path, dynamo=True, input_names=["input"], output_names=["logits"],
                               dynamic_shapes=({0: batch},), opset_version=opset, external_data=False)
         else:
+            # EVAL mode would let this exporter fold BN itself; PRESERVE keeps the nodes when asked to
+            mode = torch.onnx.TrainingMode.EVAL if fold_bn else torch.onnx.TrainingMode.PRESERVE
             torch.onnx.export(model, (example,), path, dynamo=False, input_names=["input"], output_names=["logits"],
-                              dynamic_axes=axes, opset_version=opset)
+                              dynamic_axes=axes, opset_version=opset, training=mode)
 
 
 def _add_metadata(path: str, meta: dict) -> None:
@@ -113,7 +118,7 @@ def export_onnx(model: nn.Module, out: str | Path, *, image_size: int, opset: in
     report = {"out": str(out), "opset": opset, "fold_bn": fold_bn, "input_shape": ["batch", *shape]}
 
     def write(tmp: str) -> None:
-        _export(net, example, tmp, opset, dynamo)
+        _export(net, example, tmp, opset, dynamo, fold_bn)
         if meta:
             _add_metadata(tmp, meta)
         report["max_abs_diff"] = check_onnx(tmp, model, shape)
