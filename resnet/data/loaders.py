@@ -37,18 +37,23 @@ def shard(order: torch.Tensor, rank: int, world_size: int, drop_last: bool, batc
     return order[rank::world_size]
 
 
-def random_crop_flip(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
-    """Pad each side with zeros, crop back to the original size at a random offset, flip half."""
+def draw_crop_flip(n: int, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Random (dy, dx, flip) for n images: offsets in [0, 2*pad], flip with probability 1/2."""
+    offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator)
+    flip = (torch.rand(n, generator=generator) < 0.5).long()
+    return torch.cat([offsets, flip[:, None]], dim=1)
+
+
+def random_crop_flip(images: torch.Tensor, pad: int, params: torch.Tensor) -> torch.Tensor:
+    """Pad each side with zeros, crop back to the original size at (dy, dx), flip where asked; batched."""
     b, c, h, w = images.shape
     device = images.device
+    dy, dx, flip = params.to(device).unbind(1)
     padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(device)
-    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(device)
-    flip = (torch.rand(b, generator=generator) < 0.5).to(device)
     rows = (dy[:, None] + torch.arange(h, device=device))[:, None, :, None].expand(b, c, h, w + 2 * pad)
     out = padded.gather(2, rows)
     cols = dx[:, None] + torch.arange(w, device=device)
-    cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, None, :].expand(b, c, h, w)
+    cols = torch.where(flip[:, None].bool(), cols.flip(1), cols)[:, None, None, :].expand(b, c, h, w)
     return out.gather(3, cols)
 
 
@@ -78,9 +83,10 @@ class TensorLoader:
         for i in range(self.start_batch, len(self)):
             idx = self.indices[i * self.batch_size:(i + 1) * self.batch_size].to(self.images.device)
             x = self.images[idx]
-            if self.train:
-                g = torch.Generator().manual_seed(_seed_of(self.seed, self.epoch, i, self.rank))
-                x = random_crop_flip(x, self.pad, g)
+            if self.train:  # drawn for the global batch, so any number of processes sees the same crops
+                g = torch.Generator().manual_seed(_seed_of(self.seed, self.epoch, i))
+                params = draw_crop_flip(self.batch_size * self.world_size, self.pad, g)[self.rank::self.world_size]
+                x = random_crop_flip(x, self.pad, params[:len(x)])
             yield x.float().div_(255).sub_(self.mean), self.labels[idx]
 
 

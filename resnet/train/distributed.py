@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -65,7 +66,9 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
             return super().forward(x)
         c = x.shape[1]
         local = torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), x.new_tensor([x.numel() / c])])
-        total = dist_fn.all_reduce(local)
+        with warnings.catch_warnings():  # the differentiable all-reduce is marked deprecated in torch 2.x
+            warnings.simplefilter("ignore", FutureWarning)
+            total = dist_fn.all_reduce(local)
         count = total[-1]
         mean = total[:c] / count
         var = total[c:2 * c] / count - mean * mean

@@ -94,7 +94,8 @@ def make_data(data: str, data_dir: str | None, recipe: Recipe, dist: distributed
 
 
 def make_model(model_name: str, info, mean: torch.Tensor, options: dict) -> nn.Module:
-    model = create_model(model_name, num_classes=info.num_classes, in_channels=info.channels, **options)
+    options = {"num_classes": info.num_classes, "in_channels": info.channels, **options}
+    model = create_model(model_name, **options)
     model.meta = {"classes": list(info.classes), "class_names": list(info.class_names), "dataset": info.name,
                   "image_size": info.image_size, "style": info.style}
     model.input_mean = mean
@@ -274,7 +275,7 @@ def train(model: str | None = None, data: str | None = None, *, recipe: Recipe |
     def run_evaluation() -> dict:
         nonlocal best_error, window
         loss_sum, wrong, count = distributed.all_reduce_sum(window.clone()).tolist()
-        row = {"epoch": epoch, "step": step, "lr": schedule.lr(step - 1),
+        row = {"epoch": round(epoch + batch_in_epoch / steps_per_epoch, 3), "step": step, "lr": schedule.lr(step - 1),
                "train_loss": loss_sum / max(count, 1), "train_error": wrong / max(count, 1)}
         for key, loader in eval_loaders.items():
             row.update({f"{key}_{k}": v for k, v in evaluate(step_model, loader, device, autocast).items()})

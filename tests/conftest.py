@@ -1,0 +1,40 @@
+"""Shared fixtures: small datasets written in their real on-disk formats."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write an IDX file (the MNIST/Fashion-MNIST format): magic, dims, big-endian sizes, uint8 data."""
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def learnable_images(n: int, seed: int, classes: int = 4, size: int = 28) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy images whose class is a bright horizontal band at a class-specific height."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, n)
+    images = rng.integers(0, 80, (n, size, size))
+    band = size // classes
+    for i, label in enumerate(labels):
+        images[i, label * band:(label + 1) * band, :] += 150
+    return images.astype(np.uint8), labels.astype(np.uint8)
+
+
+@pytest.fixture
+def tiny_fashion(tmp_path: Path) -> Path:
+    """A Fashion-MNIST folder (IDX gz files) with 512 training and 128 test images, learnable."""
+    folder = tmp_path / "fashion"
+    folder.mkdir()
+    for stem, n, seed in (("train", 512, 0), ("t10k", 128, 1)):
+        images, labels = learnable_images(n, seed)
+        write_idx(folder / f"{stem}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{stem}-labels-idx1-ubyte.gz", labels)
+    return folder
