@@ -76,6 +76,7 @@ def plot_responses(networks: Sequence[dict], path: str | Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     from resnet.train.checkpoint import atomic_write
 
@@ -89,8 +90,10 @@ def plot_responses(networks: Sequence[dict], path: str | Path) -> Path:
     bottom.set_xlabel("layer index (sorted by magnitude)")
     for ax in (top, bottom):
         ax.set_ylabel("std")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    top.set_title("responses of the 3x3 layers (after BN, before addition/ReLU)", fontsize=10)
     fig.tight_layout()
     path = Path(path)
     atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=120))
