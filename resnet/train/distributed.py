@@ -65,20 +65,20 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         if not (self.training and dist.is_initialized()):
             return super().forward(x)
         c = x.shape[1]
-        local = torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), x.new_tensor([x.numel() / c])])
         with warnings.catch_warnings():  # the differentiable all-reduce is marked deprecated in torch 2.x
             warnings.simplefilter("ignore", FutureWarning)
-            total = dist_fn.all_reduce(local)
-        count = total[-1]
-        mean = total[:c] / count
-        var = total[c:2 * c] / count - mean * mean
+            # two passes (mean, then squared deviations) keep float32 accurate when |mean| >> std
+            total = dist_fn.all_reduce(torch.cat([x.sum((0, 2, 3)), x.new_tensor([x.numel() / c])]))
+            count = total[-1]
+            mean = total[:c] / count
+            var = dist_fn.all_reduce((x - mean[None, :, None, None]).square().sum((0, 2, 3))) / count
         with torch.no_grad():
             self.num_batches_tracked += 1
             m = self.momentum
             self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
             self.running_var.mul_(1 - m).add_(var.detach() * count / (count - 1), alpha=m)
         scale = self.weight / torch.sqrt(var + self.eps)
-        return x * scale[None, :, None, None] + (self.bias - mean * scale)[None, :, None, None]
+        return (x - mean[None, :, None, None]) * scale[None, :, None, None] + self.bias[None, :, None, None]
 
 
 def convert_sync_batchnorm(model: nn.Module, device_type: str) -> nn.Module:
