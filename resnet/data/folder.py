@@ -86,6 +86,8 @@ class ImageTree(Dataset):
             raise ValueError(f"cannot read image {path}: {error}") from None
 
     def __getitem__(self, index: int) -> tuple[object, int]:
+        if not -len(self.samples) <= index < len(self.samples):
+            raise IndexError(index)
         for offset in range(len(self.samples)):
             i = (index + offset) % len(self.samples)
             path, label = self.samples[i]
