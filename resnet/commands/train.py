@@ -69,12 +69,22 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
 
 
 def run(args: argparse.Namespace) -> int:
-    from resnet.train.loop import Interrupted, train
+    import sys
 
+    from resnet.train.loop import Interrupted, TrainingDiverged, train
+
+    if args.resume:
+        given = [f"--{f.name.replace('_', '-')}" for f in fields(Recipe) if getattr(args, f.name, None) is not None]
+        if given:
+            print(f"resnet train: warning: a resumed run keeps its saved recipe; ignoring {' '.join(given)}",
+                  file=sys.stderr)
     try:
         train(args.model, args.data, recipe=None if args.resume else recipe_from_args(args), out=args.out,
               data_dir=args.data_dir, resume=args.resume, model_options=model_options(args),
               download=args.download, progress=args.progress)
     except Interrupted as e:
         return e.exit_code
+    except TrainingDiverged as e:
+        print(f"resnet train: error: {e}", file=sys.stderr)
+        return 1
     return 0
