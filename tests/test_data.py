@@ -205,6 +205,7 @@ def test_pixel_mean_is_the_training_mean_image_and_is_cached(tmp_path, monkeypat
 
     monkeypatch.setattr(datasets_module, "_compute_mean", fail)
     assert torch.equal(pixel_mean("cifar10", tmp_path), mean)
+    assert torch.equal(pixel_mean("cifar10", tmp_path, val_split=True, seed=3), mean)  # always the full training set
 
 
 # ---- Fashion-MNIST --------------------------------------------------------------------------

@@ -316,8 +316,10 @@ def _compute_mean(name: str, info: DatasetInfo, data_dir, options: dict) -> torc
 
 def pixel_mean(name: str, data_dir: str | Path | None = None, **options) -> torch.Tensor:
     """The training set's mean image on 0..1: [C,H,W] per pixel for small datasets, [C,1,1] per channel for ImageNet style."""
-    options.pop("download", None)
-    info = dataset_info(name, data_dir, **options)
+    download = options.pop("download", False)
+    for ignored in ("val_split", "seed", "strict"):  # the mean is always that of the full official training set
+        options.pop(ignored, None)
+    info = dataset_info(name, data_dir, download=download, **options)
     if info.root is None:
         return _compute_mean(name, info, data_dir, options)
     meta = {"dataset": name, "style": info.style, "fingerprint": _fingerprint(info), "version": MEAN_VERSION}
