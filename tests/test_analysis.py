@@ -10,18 +10,8 @@ import torch.nn.functional as F
 
 from resnet.evaluate.analysis import layer_responses, response_layers
 from resnet.models import create_model
+from helpers import randomize_bn
 
-
-def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
-    return model.eval()
 
 
 def test_only_3x3_layers_in_network_order():

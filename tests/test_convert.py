@@ -12,19 +12,8 @@ from resnet.cli import main
 from resnet.convert import convert, read_state_dict
 from resnet.evaluate import input_norm
 from resnet.train.checkpoint import load_model
+from helpers import randomize_bn as randomize
 
-
-def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Random BN statistics and affine parameters (a fresh model has mean 0, var 1, gamma 1, beta 0)."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
-    return model.eval()
 
 
 def assert_same_logits(ours: torch.nn.Module, source: torch.nn.Module, size: int = 64) -> None:

@@ -15,19 +15,8 @@ from resnet.evaluate import ErrorMeter, InputNorm, ensemble_scores, get_protocol
 from resnet.evaluate.protocols import MultiScale, TenCrop
 from resnet.evaluate.runner import evaluate_models
 from resnet.models import create_model
+from helpers import randomize_bn
 
-
-def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Non-trivial BN statistics and affine parameters, so that errors in normalisation would show."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
-    return model.eval()
 
 
 # ----------------------------------------------------------------------------- metrics

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from resnet.data.loaders import TensorLoader, build_loader
+from resnet.evaluate.metrics import topk_errors
 from resnet.models import create_model, get_spec
 from resnet.train import distributed
 from resnet.train.checkpoint import (atomic_write_text, load_state_dict_checked, load_training_state, load_weights,
@@ -120,12 +121,11 @@ def evaluate(model: nn.Module, loader, device: torch.device, autocast) -> dict:
 
 
 def _batch_stats(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    k = min(5, logits.shape[1])
-    topk = logits.topk(k, dim=1).indices
+    """[loss sum, top-1 wrong, top-5 wrong, count] of one batch, kept on the device (no sync)."""
+    errors = topk_errors(logits, y)
     loss = F.cross_entropy(logits, y, reduction="sum")
-    wrong1 = (topk[:, 0] != y).sum()
-    wrong5 = (topk != y[:, None]).all(dim=1).sum()
-    return torch.stack([loss.double(), wrong1.double(), wrong5.double(), torch.tensor(len(y), device=y.device).double()])
+    return torch.stack([loss.double(), errors[1].sum().double(), errors[5].sum().double(),
+                        torch.tensor(len(y), device=y.device, dtype=torch.float64)])
 
 
 def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool = False):

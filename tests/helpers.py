@@ -1,0 +1,19 @@
+"""Helpers shared by the tests (importable because pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Non-trivial BN statistics and affine parameters (a fresh model has mean 0, var 1, gamma 1,
+    beta 0), so that a mistake in normalisation or BN folding would show; returns the model in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
+    return model.eval()
