@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from resnet.data.loaders import default_workers
 from resnet.evaluate.ensemble import ensemble_scores
 from resnet.evaluate.metrics import ErrorMeter
 from resnet.evaluate.preprocess import InputNorm, input_norm
@@ -50,11 +50,6 @@ def check_compatible(model: nn.Module, source: str, num_classes: int, channels: 
     in_channels = model.conv1.in_channels if hasattr(model, "conv1") else None
     if in_channels is not None and in_channels != channels:
         raise ValueError(f"{source}: the network takes {in_channels}-channel images but the data has {channels}")
-
-
-def default_workers() -> int:
-    """Data-loading processes: up to 8, leaving a core for the main process."""
-    return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
 def evaluate_checkpoints(checkpoints: Sequence[str | Path], data: str, *, data_dir: str | None = None,
