@@ -19,15 +19,19 @@ from resnet.train.recipes import get_recipe
 
 @dataclass
 class DemoConfig:
-    """Budgets chosen so that the four runs take about 8 minutes on 2 CPU cores."""
+    """Budgets chosen so that the four runs take under 10 minutes on 2 CPU cores.
+
+    Small batches give the deep nets enough SGD steps (3,000) to show the paper's ordering;
+    lr 0.02 is the paper's 0.1 at batch 128, scaled down with the batch (rounded up).
+    """
 
     depths: tuple[int, ...] = (20, 56)
     data: str = "fashion-mnist"
-    subset: int = 6_000  # training images
+    subset: int = 8_000  # training images
     eval_subset: int = 2_000  # test images evaluated each epoch
-    epochs: int = 5
-    batch_size: int = 128
-    lr: float = 0.1
+    epochs: int = 6
+    batch_size: int = 16
+    lr: float = 0.02
     base_width: int = 8  # half the paper's 16 filters: same depth, a quarter of the compute
     seed: int = 0
     nets: tuple[str, ...] = field(default=("plain", "resnet"))
