@@ -2,7 +2,7 @@
 the baseline, torch's DataLoader running the per-image transforms (pad, crop, flip, mean).
 
 Writes benchmarks/results/loader.json: images/s of each and their ratio, measured in one run.
-Usage: python benchmarks/bench_loader.py [--images 20000] [--batch-size 128] [--workers 2]
+Usage: python benchmarks/bench_loader.py [--images 20000] [--batch-size 128] [--workers 2] [--data fashion-mnist]
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=20_000)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--data", default="synthetic")
+    p.add_argument("--data", default="fashion-mnist", help="a small dataset (fashion-mnist, cifar10, synthetic)")
     args = p.parse_args()
     options = {"length": args.images, "image_size": 32} if args.data == "synthetic" else {}
     mean = pixel_mean(args.data, **options)

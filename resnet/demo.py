@@ -27,7 +27,7 @@ class DemoConfig:
 
     depths: tuple[int, ...] = (20, 56)
     data: str = "fashion-mnist"
-    subset: int = 8_000  # training images
+    subset: int = 7_000  # training images
     eval_subset: int = 2_000  # test images evaluated each epoch
     epochs: int = 6
     batch_size: int = 16
@@ -77,14 +77,13 @@ def format_results(results: list[dict]) -> str:
 
 
 def verdict(results: list[dict]) -> str:
-    """One sentence on whether the degradation problem showed up, and whether residuals avoided it."""
+    """How much each kind's training error changes from the shallow to the deep net (positive: degradation)."""
     by = {(r["kind"], r["depth"]): r for r in results}
     shallow, deep = min(r["depth"] for r in results), max(r["depth"] for r in results)
     lines = []
     for kind in ("plain", "resnet"):
         if (kind, shallow) in by and (kind, deep) in by:
             a, b = by[(kind, shallow)]["train_error"], by[(kind, deep)]["train_error"]
-            word = "higher" if b > a else "lower"
-            lines.append(f"{kind}: {deep} layers train error {100 * b:.2f}% is {word} than {shallow} layers "
-                         f"{100 * a:.2f}%")
+            lines.append(f"{kind}: training error {100 * a:.2f}% at {shallow} layers, {100 * b:.2f}% at {deep} "
+                         f"({100 * (b - a):+.2f} points)")
     return "; ".join(lines)
