@@ -238,13 +238,13 @@ def train(model: str | None = None, data: str | None = None, *, recipe: Recipe |
     # --- counters, restored on resume
     step, epoch, batch_in_epoch, best_error = 0, 0, 0, math.inf
     window = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, wrong, count since last eval
-    elapsed = 0.0
+    elapsed = window_start = 0.0  # training seconds, in all and at the last evaluation
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         schedule.load_state_dict(state["schedule"])
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        best_error, elapsed = state["best_error"], state["elapsed"]
+        best_error, elapsed, window_start = state["best_error"], state["elapsed"], state["window_start"]
         window = state["window"].to(device)
         torch.set_rng_state(state["rng"]["cpu"])
         if cuda and state["rng"].get("cuda") is not None:
@@ -267,26 +267,26 @@ def train(model: str | None = None, data: str | None = None, *, recipe: Recipe |
         save_training_state(ckpt_dir / "last.state.pt", {
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "schedule": schedule.state_dict(),
             "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "best_error": best_error,
-            "elapsed": elapsed, "window": window.cpu(), "model": model, "data": data,
+            "elapsed": elapsed, "window_start": window_start, "window": window.cpu(), "model": model, "data": data,
             "rng": {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if cuda else None}})
         if best:
             save_weights(ckpt_dir / "best.safetensors", net, meta)
 
     def run_evaluation() -> dict:
-        nonlocal best_error, window
+        nonlocal best_error, window, window_start
         loss_sum, wrong, count = distributed.all_reduce_sum(window.clone()).tolist()
         row = {"epoch": round(epoch + batch_in_epoch / steps_per_epoch, 3), "step": step, "lr": schedule.lr(step - 1),
                "train_loss": loss_sum / max(count, 1), "train_error": wrong / max(count, 1)}
         for key, loader in eval_loaders.items():
             row.update({f"{key}_{k}": v for k, v in evaluate(step_model, loader, device, autocast).items()})
-        row["images_per_sec"] = count / max(elapsed - last_eval_time[0], 1e-9)
+        row["images_per_sec"] = count / max(elapsed - window_start, 1e-9)
         row["wall_time"] = elapsed
         selection = row.get("val_top1_error", row.get("test_top1_error"))
         schedule.observe_val_error(selection)
         is_best = selection < best_error
         best_error = min(best_error, selection)
         window = torch.zeros_like(window)
-        last_eval_time[0] = elapsed
+        window_start = elapsed
         if dist.is_main:
             with open(run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
@@ -296,7 +296,6 @@ def train(model: str | None = None, data: str | None = None, *, recipe: Recipe |
         return row
 
     # --- the loop
-    last_eval_time = [elapsed]
     last_row: dict = {}
     bar = Progress(total_steps, initial=step, enabled=dist.is_main, force_bar=progress, log_every=recipe.log_every)
     steps_this_call = 0
