@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import gzip
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """Write an IDX file (the MNIST/Fashion-MNIST format): magic, dims, big-endian sizes, uint8 data."""
-    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
+from helpers import write_idx
 
 
 def learnable_images(n: int, seed: int, classes: int = 4, size: int = 28) -> tuple[np.ndarray, np.ndarray]:

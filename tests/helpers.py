@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
 import torch
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """An IDX file: two zero bytes, type 0x08 (ubyte), ndim, big-endian dims, data; gzipped if the name says so."""
+    data = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    data += array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
 
 
 def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import pickle
-import struct
 import urllib.error
 import urllib.request
 import warnings
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from helpers import write_idx
 from torchvision import tv_tensors
 
 from resnet.data import DATASETS, DatasetInfo, DownloadError, dataset_info, get_dataset, load_tensors, pixel_mean
@@ -72,11 +72,6 @@ def write_cifar(root: Path, name: str = "cifar10", per_batch: int = 20, n_test: 
     written["folder"] = folder
     return written
 
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """An IDX file: two zero bytes, type 0x08 (ubyte), ndim, big-endian dims, data; gzipped if the name says so."""
-    data = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
-    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
 
 
 def write_fashion(folder: Path, n_train: int = 120, n_test: int = 30, gz: bool = True) -> dict:

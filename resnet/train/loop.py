@@ -326,9 +326,7 @@ def train(model: str | None = None, data: str | None = None, *, recipe: Recipe |
                     window += torch.stack([loss.detach().double() * len(y), wrong.double(),
                                            torch.tensor(float(len(y)), device=device, dtype=torch.float64)])
                 step, batch_in_epoch, steps_this_call = step + 1, batch_in_epoch + 1, steps_this_call + 1
-                now = time.perf_counter()
-                elapsed += now - tick
-                tick = now
+                elapsed += time.perf_counter() - tick
                 if schedule.warming:
                     schedule.observe_train_error(wrong.item() / len(y))
                 bar.update(step, epoch, lambda: {"loss": loss.item(), "err": wrong.item() / len(y), "lr": lr,
@@ -354,9 +352,7 @@ def train(model: str | None = None, data: str | None = None, *, recipe: Recipe |
             say(message, file=sys.stderr)
             distributed.teardown()
             raise Interrupted(signum or signal.SIGINT, message)
-    bar.close()
-    if step % eval_every:
-        last_row = run_evaluation()
+    bar.close()  # the last step was evaluated in the loop (step == total_steps)
     if dist.is_main:
         say(f"done: {step} iterations, final " + ", ".join(f"{k} {v:.4g}" for k, v in last_row.items()
                                                          if k.endswith("error")))
