@@ -65,7 +65,7 @@ def convert(source: str, src: str | Path, model_name: str, out: str | Path, clas
             image_size: int = 224) -> dict:
     """Convert `src` (a torchvision or timm state dict) into a checkpoint for `model_name` at `out`."""
     from resnet.models import create_model, get_spec
-    from resnet.train.checkpoint import load_state_dict_checked, save_weights
+    from resnet.checkpoint import load_state_dict_checked, save_weights
 
     spec = get_spec(model_name)
     if spec.family != "imagenet":

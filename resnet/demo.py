@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from resnet.train.checkpoint import atomic_write_text
+from resnet.checkpoint import atomic_write_text
 from resnet.train.curves import plot_curves, read_metrics
 from resnet.train.recipes import get_recipe
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from resnet.train.checkpoint import atomic_write
+from resnet.checkpoint import atomic_write
 
 TOLERANCE = 1e-4
 

@@ -52,7 +52,7 @@ def test_stds_equal_hand_computed_ones_over_several_batches(name):
 
 def test_plot_and_command_write_json_and_png(tmp_path, capsys):
     from resnet.cli import main
-    from resnet.train.checkpoint import save_weights
+    from resnet.checkpoint import save_weights
 
     for name in ("plain20", "resnet20"):
         model = randomize_bn(create_model(name))

@@ -197,7 +197,7 @@ def test_evaluate_models_members_and_ensemble_against_hand_computation():
 
 
 def save_small_checkpoint(path, name: str, seed: int, mean: torch.Tensor | None):
-    from resnet.train.checkpoint import save_weights
+    from resnet.checkpoint import save_weights
 
     model = randomize_bn(create_model(name), seed)
     classes = [str(i) for i in range(10)]

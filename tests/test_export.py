@@ -75,7 +75,7 @@ def test_a_failed_check_leaves_no_file_and_keeps_the_old_one(tmp_path):
 
 
 def test_export_command(tmp_path, capsys):
-    from resnet.train.checkpoint import save_weights
+    from resnet.checkpoint import save_weights
 
     model = randomize_bn(create_model("resnet20"))
     save_weights(tmp_path / "c.safetensors", model, {"model": "resnet20", "options": model.options, "image_size": 32,

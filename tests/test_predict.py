@@ -11,7 +11,7 @@ from PIL import Image
 
 from resnet.cli import main
 from resnet.models import create_model
-from resnet.train.checkpoint import save_weights
+from resnet.checkpoint import save_weights
 
 
 def make_checkpoint(path, name: str, size: int, style: str, mean: torch.Tensor, num_classes: int = 10, meta=None):

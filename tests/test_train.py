@@ -18,7 +18,7 @@ import resnet
 from resnet.cli import build_parser, main
 from resnet.commands.train import recipe_from_args
 from resnet.data.loaders import TensorLoader
-from resnet.train import checkpoint
+from resnet import checkpoint
 from resnet.train.loop import Interrupted, TrainingDiverged, train
 from resnet.train.recipes import get_recipe
 from resnet.train.schedule import LRSchedule

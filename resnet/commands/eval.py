@@ -34,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from resnet.evaluate.runner import evaluate_checkpoints, format_results
-    from resnet.train.checkpoint import atomic_write_text
+    from resnet.checkpoint import atomic_write_text
 
     if args.scales and args.protocol != "multiscale":
         raise ValueError("--scales applies to --protocol multiscale only")

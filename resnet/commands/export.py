@@ -18,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from resnet.export import TOLERANCE, export_onnx
-    from resnet.train.checkpoint import load_model
+    from resnet.checkpoint import load_model
 
     model = load_model(args.checkpoint)
     meta = dict(model.meta)

@@ -19,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from resnet.predict import format_predictions, predict
-    from resnet.train.checkpoint import load_model
+    from resnet.checkpoint import load_model
 
     if args.top < 1:
         raise ValueError("--top must be positive")

@@ -78,7 +78,7 @@ def plot_responses(networks: Sequence[dict], path: str | Path) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    from resnet.train.checkpoint import atomic_write
+    from resnet.checkpoint import atomic_write
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 7))
     for net in networks:
@@ -115,7 +115,7 @@ def analyze_responses(checkpoints: Sequence[str | Path], data: str, *, data_dir:
     from resnet.data import get_dataset
     from resnet.evaluate.preprocess import input_norm
     from resnet.evaluate.protocols import get_protocol
-    from resnet.train.checkpoint import atomic_write_text, load_model
+    from resnet.checkpoint import atomic_write_text, load_model
 
     networks = []
     for path in checkpoints:

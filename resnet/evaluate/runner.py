@@ -60,7 +60,7 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], data: str, *, data_d
     """`resnet eval`: load the checkpoints and the split, then evaluate them alone and as an ensemble."""
     from resnet.data import dataset_info, get_dataset
     from resnet.evaluate.protocols import get_protocol
-    from resnet.train.checkpoint import load_model
+    from resnet.checkpoint import load_model
 
     models = [load_model(path, device) for path in checkpoints]
     options = dict(data_options or {})

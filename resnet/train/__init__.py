@@ -1,6 +1,6 @@
 """Training: recipes, the loop, checkpoints and distributed set-up."""
 
-from resnet.train.checkpoint import load_model
+from resnet.checkpoint import load_model
 from resnet.train.loop import TrainingDiverged, train
 from resnet.train.recipes import RECIPES, Recipe, get_recipe
 

@@ -23,7 +23,7 @@ from resnet.data.loaders import TensorLoader, build_loader
 from resnet.evaluate.metrics import topk_errors
 from resnet.models import create_model, get_spec
 from resnet.train import distributed
-from resnet.train.checkpoint import (atomic_write_text, load_state_dict_checked, load_training_state, load_weights,
+from resnet.checkpoint import (atomic_write_text, load_state_dict_checked, load_training_state, load_weights,
                                      model_meta, save_training_state, save_weights, unwrap)
 from resnet.train.curves import plot_curves, read_metrics
 from resnet.train.progress import Progress
