@@ -17,6 +17,7 @@ COMMANDS = {
     "convert": ("resnet.commands.convert", "import torchvision or timm ResNet weights as a checkpoint"),
     "analyze": ("resnet.commands.analyze", "analyses of trained nets: layer responses (Fig. 7)"),
     "train": ("resnet.commands.train", "train a network with the paper's recipes"),
+    "reproduce": ("resnet.commands.reproduce", "the paper's CIFAR experiments (Table 6, shortcuts, Fig. 7) with a report"),
     "data": ("resnet.commands.data", "get a dataset onto this machine (Fashion-MNIST: Debian package or download)"),
     "demo": ("resnet.commands.demo", "the degradation experiment in miniature (plain vs residual, two depths)"),
 }
