@@ -3,6 +3,7 @@
 Examples:
   resnet train --model resnet20 --data cifar10 --recipe paper-cifar --out runs/r20
   resnet train --model resnet20 --data fashion-mnist --epochs 3 --subset 5000
+  resnet train --model resnet20 --data folder --data-dir my-images      # small images: CIFAR protocol, native size
   resnet train --resume runs/r20
   torchrun --nproc_per_node=4 -m resnet train --model resnet50 --data imagenet --data-dir /data/imagenet --recipe paper-imagenet
 """
@@ -14,11 +15,19 @@ import typing
 from dataclasses import fields
 
 from resnet.commands.summary import add_model_options, model_options
-from resnet.train.recipes import RECIPES, Recipe, get_recipe
+from resnet.train.recipes import PAPER_TRAIN_IMAGES, RECIPES, Recipe, get_recipe, paper_epochs, scaled_lr
 
 FIELD_HELP = {
-    "iters": "total iterations", "epochs": "total epochs (instead of --iters)", "subset": "train on the first N images",
+    "iters": "total iterations (default: the recipe's; folder/imagenet data: --epochs)",
+    "epochs": "total epochs (instead of --iters; folder/imagenet data default: the recipe's length in epochs of "
+              "the paper's data, 182 for paper-cifar, 120 for paper-imagenet)",
+    "subset": "train on a random, class-balanced sample of N images (seeded by --seed)",
+    "eval_subset": "evaluate on a random, class-balanced sample of N held-out images (seeded by --seed)",
+    "lr": "learning rate (default: the recipe's, scaled linearly when --batch-size differs from the recipe's)",
     "lr_drops": "fractions of training where lr is divided by 10", "device": "auto, cpu or cuda",
+    "style": "folder/imagenet data: auto (small-image protocol for images up to 64 px), small (CIFAR protocol at "
+             "native size: pad 4, random crop, flip) or imagenet (scale augmentation, 224 crops)",
+    "image_size": "folder/imagenet data: the network's input side (default: the images' size, or 224)",
 }
 
 
@@ -61,11 +70,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_recipe_overrides(p)
 
 
-def recipe_from_args(args: argparse.Namespace) -> Recipe:
+def defaults_for_data(args: argparse.Namespace) -> tuple[dict, list[str]]:
+    """Overrides that fit the data when not given (lr scaled with the batch; length in epochs for image
+    folders) and one line saying each."""
+    base, overrides, notes = RECIPES[args.recipe], {}, []
+    batch = getattr(args, "batch_size", None)
+    if batch is not None and args.lr is None and batch != base.batch_size:
+        overrides = scaled_lr(args.recipe, batch)
+        if args.warmup_lr is not None:
+            del overrides["warmup_lr"]
+        notes.append(f"lr {overrides['lr']:g}: {args.recipe}'s {base.lr:g} at batch {base.batch_size} scaled linearly "
+                     f"to batch {batch} (--lr to set it)")
+    if getattr(args, "data", None) in ("folder", "imagenet") and args.iters is None and args.epochs is None:
+        overrides["epochs"] = paper_epochs(args.recipe)
+        notes.append(f"length: {overrides['epochs']} epochs, {args.recipe}'s {base.iters:,} iterations at batch "
+                     f"{base.batch_size} over the paper's {PAPER_TRAIN_IMAGES[args.recipe]:,} images "
+                     f"(--epochs or --iters to set it)")
+    return overrides, notes
+
+
+def recipe_and_notes(args: argparse.Namespace) -> tuple[Recipe, list[str]]:
+    """The recipe the options ask for, and the notes on defaults fitted to the data."""
     overrides = {f.name: getattr(args, f.name) for f in fields(Recipe) if f.name != "name"}
     if overrides.get("lr_drops") is not None:
         overrides["lr_drops"] = tuple(overrides["lr_drops"])
-    return get_recipe(args.recipe, **overrides)
+    fitted, notes = defaults_for_data(args)
+    overrides.update(fitted)
+    return get_recipe(args.recipe, **overrides), notes
+
+
+def recipe_from_args(args: argparse.Namespace) -> Recipe:
+    return recipe_and_notes(args)[0]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,8 +113,13 @@ def run(args: argparse.Namespace) -> int:
         if given:
             print(f"resnet train: warning: a resumed run keeps its saved recipe; ignoring {' '.join(given)}",
                   file=sys.stderr)
+    recipe = None
+    if not args.resume:
+        recipe, notes = recipe_and_notes(args)
+        for note in notes:
+            print(note)
     try:
-        train(args.model, args.data, recipe=None if args.resume else recipe_from_args(args), out=args.out,
+        train(args.model, args.data, recipe=recipe, out=args.out,
               data_dir=args.data_dir, resume=args.resume, model_options=model_options(args),
               download=args.download, progress=args.progress)
     except Interrupted as e:

@@ -205,6 +205,18 @@ def describe_input(info: DatasetInfo) -> str:
     return f"{what}{f' - from {why}' if why else ''}"
 
 
+def protocol_options(name: str, style: str = "auto", image_size: int | None = None) -> dict:
+    """Dataset options for a run's `--style`/`--image-size`: image trees take both, synthetic the size."""
+    if name in TREES:
+        return {"style": style, **({"image_size": image_size} if image_size else {})}
+    if name == "synthetic" and style == "auto":
+        return {"image_size": image_size} if image_size else {}
+    if style != "auto" or image_size:
+        raise ValueError(f"--style and --image-size apply to folder and imagenet data; {name} has its own size "
+                         f"and protocol")
+    return {}
+
+
 def held_out_splits(name: str, val_split: bool) -> dict[str, str]:
     """Evaluation name -> split evaluated during training: a folder's val/ is evaluated once, as "val"."""
     if name in TREES:

@@ -14,7 +14,7 @@ import math
 import os
 import random
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -34,6 +34,8 @@ KAGGLE_SYNSETS = "LOC_synset_mapping.txt"
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 MAX_PIXELS = 64_000_000  # the most pixels an image may decode to (after JPEG draft); larger ones are refused
 ORIENTATION = 0x0112  # the EXIF orientation tag
+# PIL warns from 89M pixels and refuses from 179M; we refuse above MAX_PIXELS in one line instead of the warning
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def draft_box(size: tuple[int, int], min_side: int) -> tuple[int, int]:
@@ -64,9 +66,7 @@ def open_checked(path: str | Path, min_side: int | None = None, max_pixels: int 
     Raises ValueError naming the file: not an image, a decompression bomb, or too many pixels.
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, in one line
-            image = Image.open(path)
+        image = Image.open(path)
         if min_side and min(image.size) > 2 * min_side:
             image.draft("RGB", draft_box(image.size, min_side))
     except Image.DecompressionBombError as error:
@@ -178,16 +178,21 @@ class ImageTree(Dataset):
         raise ValueError(f"no readable image among the {len(self.samples)} files of {self.info.root}")
 
 
-def iter_images(directory: str | Path) -> Iterator[str]:
-    """Image files under directory, sub-folders and symlinks followed, each real folder and file visited once."""
-    seen_dirs: set[tuple[int, int]] = set()
+def _key(path: str | Path) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino
+
+
+def iter_images(directory: str | Path, outside: Iterable[str | Path] = ()) -> Iterator[str]:
+    """Image files under directory, sub-folders and symlinks followed, each real folder and file visited once;
+    folders in `outside` (the split's top and the other classes) are never entered."""
+    seen_dirs: set[tuple[int, int]] = {_key(p) for p in outside if os.path.isdir(p)}
     seen_files: set[tuple[int, int]] = set()
     for top, dirs, files in os.walk(directory, followlinks=True):
-        stat = os.stat(top)
-        if (stat.st_dev, stat.st_ino) in seen_dirs:  # a symlink back into visited folders: a loop or a repeat
+        if _key(top) in seen_dirs:  # a symlink back into visited folders: a loop or a repeat
             dirs[:] = []
             continue
-        seen_dirs.add((stat.st_dev, stat.st_ino))
+        seen_dirs.add(_key(top))
         dirs.sort()
         for name in sorted(files):
             if not name.lower().endswith(IMG_EXTENSIONS):
@@ -202,14 +207,14 @@ def iter_images(directory: str | Path) -> Iterator[str]:
                 yield path
 
 
-def image_files(directory: str | Path) -> list[str]:
+def image_files(directory: str | Path, outside: Iterable[str | Path] = ()) -> list[str]:
     """Sorted paths of the image files under directory (see iter_images)."""
-    return sorted(iter_images(directory))
+    return sorted(iter_images(directory, outside))
 
 
-def has_readable_image(directory: Path) -> bool:
+def has_readable_image(directory: Path, outside: Iterable[str | Path] = ()) -> bool:
     """True if some image file under directory opens with PIL (stops at the first one that does)."""
-    for path in iter_images(directory):
+    for path in iter_images(directory, outside):
         try:
             Image.open(path).close()
             return True
@@ -219,19 +224,22 @@ def has_readable_image(directory: Path) -> bool:
 
 
 def class_folder_samples(directory: Path, class_to_idx: dict[str, int]) -> list[tuple[str, int]]:
-    """(path, label) for every image in directory/<class>/ (any depth), class by class, paths sorted."""
+    """(path, label) for every image in directory/<class>/ (any depth), class by class, paths sorted; symlinks
+    to the top or to another class are not followed."""
     samples = []
     for name, label in sorted(class_to_idx.items(), key=lambda item: item[1]):
         if (directory / name).is_dir():
-            samples += [(path, label) for path in image_files(directory / name)]
+            outside = [directory, *(directory / other for other in class_to_idx if other != name)]
+            samples += [(path, label) for path in image_files(directory / name, outside)]
     return samples
 
 
 def folder_classes(directory: Path) -> list[str]:
     """The sorted class folder names under directory; a folder without a readable image is warned about and left out."""
     classes = []
-    for folder in sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if has_readable_image(folder):
+    folders = sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for folder in folders:
+        if has_readable_image(folder, [directory, *(f for f in folders if f != folder)]):
             classes.append(folder.name)
         else:
             warnings.warn(f"{folder}: no readable image in this class folder; it is not a class", stacklevel=2)
@@ -246,7 +254,7 @@ def sample_sizes(directory: Path, classes: list[str], per_class: int = 8, max_cl
     chosen = random.Random(seed).sample(classes, min(max_classes, len(classes)))
     sizes = []
     for name in sorted(chosen):
-        for count, path in enumerate(iter_images(directory / name)):
+        for count, path in enumerate(iter_images(directory / name, [directory])):
             if count == per_class:
                 break
             try:
