@@ -79,8 +79,8 @@ def open_checked(path: str | Path, min_side: int | None = None, max_pixels: int 
     w, h = image.size
     if w * h > max_pixels:
         image.close()
-        raise ValueError(f"{path}: {w}x{h} is {w * h / 1e6:.0f} megapixels, above the limit of "
-                         f"{max_pixels / 1e6:.0f} (MAX_PIXELS; resnet predict --max-pixels)")
+        raise ValueError(f"{path}: {w}x{h} is {w * h:,} pixels, above the limit of {max_pixels:,} "
+                         f"(predict --max-pixels)")
     return image
 
 
