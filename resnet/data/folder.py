@@ -352,36 +352,14 @@ def flat_val_samples(root: Path, val: Path, class_to_idx: dict[str, int]) -> lis
     return samples
 
 
-def mean_image(dataset: ImageTree, size: int, max_images: int = 50_000, seed: int = 0) -> torch.Tensor:
-    """Per-pixel mean [3,size,size] on 0..1 of up to max_images images (chosen by seed), each fitted to size x size."""
+def _mean_over(dataset: ImageTree, side: int, max_images: int, seed: int, reduce: Callable) -> torch.Tensor:
+    """The mean on 0..1 of reduce(image resized to shorter side `side`) over up to max_images images (chosen
+    by seed); unreadable files are warned about and left out."""
     from torchvision.transforms.v2 import functional as F
     from tqdm import tqdm
 
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:max_images]
-    total = torch.zeros(3, size, size, dtype=torch.float64)
-    count = 0
-    for i in tqdm(order.tolist(), desc=f"pixel mean of {dataset.info.name}", unit="img", leave=False):
-        path = dataset.samples[i][0]
-        try:
-            image = pil_to_tensor(decode_image(path, size))
-        except DECODE_ERRORS as error:
-            warnings.warn(f"pixel mean: skipping unreadable image {path}: {error}", stacklevel=2)
-            continue
-        total += F.center_crop(F.resize(image, size, antialias=True), size).double()
-        count += 1
-    if count == 0:
-        raise ValueError(f"no readable training image in {dataset.info.root}")
-    return (total / count / 255).float()
-
-
-def channel_mean(dataset: ImageTree, max_images: int = 10_000, side: int = 64, seed: int = 0) -> torch.Tensor:
-    """Per-channel mean [3,1,1] on 0..1 of up to max_images images (chosen by seed), each resized to shorter side `side`."""
-    from torchvision.transforms.v2 import functional as F
-    from tqdm import tqdm
-
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:max_images]
-    total = torch.zeros(3, dtype=torch.float64)
-    count = 0
+    total, count = 0.0, 0
     for i in tqdm(order.tolist(), desc=f"pixel mean of {dataset.info.name}", unit="img", leave=False):
         path = dataset.samples[i][0]
         try:
@@ -389,9 +367,20 @@ def channel_mean(dataset: ImageTree, max_images: int = 10_000, side: int = 64, s
         except DECODE_ERRORS as error:
             warnings.warn(f"pixel mean: skipping unreadable image {path}: {error}", stacklevel=2)
             continue
-        image = F.resize(image, side, antialias=True)
-        total += image.double().mean(dim=(1, 2))
+        total = total + reduce(F.resize(image, side, antialias=True).double())
         count += 1
     if count == 0:
         raise ValueError(f"no readable training image in {dataset.info.root}")
-    return (total / count / 255).float()[:, None, None]
+    return (total / count / 255).float()
+
+
+def mean_image(dataset: ImageTree, size: int, max_images: int = 50_000, seed: int = 0) -> torch.Tensor:
+    """Per-pixel mean [3,size,size] on 0..1 of up to max_images images (chosen by seed), each fitted to size x size."""
+    from torchvision.transforms.v2 import functional as F
+
+    return _mean_over(dataset, size, max_images, seed, lambda image: F.center_crop(image, size))
+
+
+def channel_mean(dataset: ImageTree, max_images: int = 10_000, side: int = 64, seed: int = 0) -> torch.Tensor:
+    """Per-channel mean [3,1,1] on 0..1 of up to max_images images (chosen by seed), each resized to shorter side `side`."""
+    return _mean_over(dataset, side, max_images, seed, lambda image: image.mean(dim=(1, 2)))[:, None, None]
