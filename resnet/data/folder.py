@@ -360,7 +360,7 @@ def _mean_over(dataset: ImageTree, side: int, max_images: int, seed: int, reduce
 
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:max_images]
     total, count = 0.0, 0
-    for i in tqdm(order.tolist(), desc=f"pixel mean of {dataset.info.name}", unit="img", leave=False):
+    for i in tqdm(order.tolist(), desc=f"pixel mean of {dataset.info.name}", unit="img", leave=False, disable=None):
         path = dataset.samples[i][0]
         try:
             image = pil_to_tensor(decode_image(path, side))

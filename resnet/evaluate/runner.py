@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from resnet import precision
 from resnet.data.folder import Unreadable
 from resnet.data.loaders import default_workers
 from resnet.evaluate.ensemble import ensemble_scores
@@ -39,14 +40,15 @@ def evaluate_models(models: Sequence[nn.Module], norms: Sequence[InputNorm], dat
     Unreadable files (`Unreadable` items) are left out, warned about by name and listed under "skipped".
     """
     device = torch.device(device)
-    models = [m.to(device).eval() for m in models]
+    layout = torch.channels_last if precision.channels_last(device, None) else torch.contiguous_format
+    models = [m.to(device, memory_format=layout).eval() for m in models]
     norms = [n.to(device) for n in norms]
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                          collate_fn=ReadableCollate(protocol), pin_memory=device.type == "cuda")
     meters = [ErrorMeter() for _ in models]
     ensemble = ErrorMeter()
     skipped = []
-    bar = tqdm(loader, desc=f"eval {protocol.name}", unit="batch", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(loader, desc=f"eval {protocol.name}", unit="batch", disable=None if progress else True, dynamic_ncols=True)
     for views, labels, unreadable in bar:
         for item in unreadable:
             warnings.warn(f"skipped unreadable image: {item.reason}", stacklevel=2)
