@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from resnet import precision
+from resnet.data.datasets import describe_input
 from resnet.data.loaders import TensorLoader, build_loader
 from resnet.evaluate.metrics import topk_errors
 from resnet.models import create_model, get_spec
@@ -58,39 +59,45 @@ def make_data(data: str, data_dir: str | None, recipe: Recipe, dist: distributed
               download: bool):
     """Training loader, held-out loaders by name ('val', and 'test' when the split is held out), info, mean."""
     from resnet.data import dataset_info, get_dataset, load_tensors, pixel_mean
+    from resnet.data.datasets import TREES, held_out_splits, protocol_options
+    from resnet.data.sampling import balanced_sample, balanced_subset
     from resnet.data.transforms import test_transform, train_transform
 
-    info = dataset_info(data, data_dir, download=download)
-    mean = pixel_mean(data, data_dir, download=download)
+    options = protocol_options(data, recipe.style, recipe.image_size)
+    info = dataset_info(data, data_dir, download=download, **options)
+    mean = pixel_mean(data, data_dir, download=download, **options)
     per_process = recipe.batch_size // dist.world_size
     common = {"seed": recipe.seed, "rank": dist.rank, "world_size": dist.world_size}
-    held_out = {"val": "val", "test": "test"} if recipe.val_split else {"test": "test"}
-    use_tensors = info.style == "small" and recipe.device_loader != "off"
-    if recipe.device_loader == "on" and info.style != "small":
-        raise ValueError(f"--device-loader on needs a small dataset; {data!r} is {info.style}-style")
-    split_options = {"data_dir": data_dir, "download": download, "val_split": recipe.val_split, "seed": recipe.seed}
+    held_out = held_out_splits(data, recipe.val_split)
+    use_tensors = info.style == "small" and data not in TREES and recipe.device_loader != "off"
+    if recipe.device_loader == "on" and not use_tensors:
+        raise ValueError(f"--device-loader on needs cifar10, cifar100, fashion-mnist or synthetic; {data!r} is read "
+                         f"from files")
+    split_options = {"data_dir": data_dir, "download": download, "val_split": recipe.val_split, "seed": recipe.seed,
+                     **options}
     if use_tensors:
         images, labels, info = load_tensors(data, "train", **split_options)
         if recipe.subset:
-            images, labels = images[:recipe.subset], labels[:recipe.subset]
+            keep = balanced_sample(labels, recipe.subset, recipe.seed)
+            images, labels = images[keep], labels[keep]
         train = TensorLoader(images, labels, mean, per_process, train=True, device=device, **common)
         evals = {}
         for key, split in held_out.items():
             images, labels, _ = load_tensors(data, split, **split_options)
-            images, labels = images[:recipe.eval_subset], labels[:recipe.eval_subset]
+            if recipe.eval_subset:
+                keep = balanced_sample(labels, recipe.eval_subset, recipe.seed)
+                images, labels = images[keep], labels[keep]
             evals[key] = TensorLoader(images, labels, mean, per_process, train=False, device=device, **common)
         return train, evals, info, mean
     dataset = get_dataset(data, "train", transform=train_transform(info, mean), **split_options)
     info = dataset.info
-    if recipe.subset:
-        dataset = torch.utils.data.Subset(dataset, range(min(recipe.subset, len(dataset))))
+    dataset = balanced_subset(dataset, recipe.subset, recipe.seed)
     workers = {"num_workers": recipe.num_workers, "device": device, **common}
     train = build_loader(dataset, per_process, train=True, **workers)
     evals = {}
     for key, split in held_out.items():
         held = get_dataset(data, split, transform=test_transform(info, mean), **split_options)
-        if recipe.eval_subset:
-            held = torch.utils.data.Subset(held, range(min(recipe.eval_subset, len(held))))
+        held = balanced_subset(held, recipe.eval_subset, recipe.seed)
         evals[key] = build_loader(held, per_process, train=False, **workers)
     return train, evals, info, mean
 
@@ -257,6 +264,7 @@ def train(model: str | None = None, data: str | None = None, *, recipe: Recipe |
         say(f"{'resuming' if resume else 'training'} {model} on {data} ({info.num_classes} classes) -> {run_dir}")
         say(f"device {device}, {dist.world_size} process(es), {total_steps} iterations, "
             f"{steps_per_epoch} per epoch, {precision.describe(amp_dtype, channels_last)}")
+        say(f"input: {describe_input(info)}")
         say(f"recipe {recipe.name}:\n{describe(recipe)}")
 
     def save_checkpoint(best: bool = False) -> None:
