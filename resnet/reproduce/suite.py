@@ -32,6 +32,8 @@ def check_suite(out: Path, data: str, budget: float, recipe: Recipe) -> None:
     path = out / "suite.json"
     if path.exists():
         have = json.loads(path.read_text())
+        defaults = json.loads(json.dumps(dataclasses.asdict(Recipe())))  # fields added since the suite began
+        have["recipe"] = {k: v for k, v in {**defaults, **have["recipe"]}.items() if k != "seed"}
         if have != wanted:
             changed = [k for k in ("data", "budget") if have[k] != wanted[k]] or ["recipe"]
             was = ", ".join(f"{k} {have[k]}" for k in changed if k != "recipe") or "another recipe"
