@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from resnet.evaluate.protocols import PROTOCOLS
 
@@ -18,12 +17,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from resnet.predict import format_predictions, predict
+    from resnet import strictjson
     from resnet.checkpoint import load_model
+    from resnet.device import resolve_device
+    from resnet.predict import format_predictions, predict
 
     if args.top < 1:
         raise ValueError("--top must be positive")
+    resolve_device(args.device)
     model = load_model(args.checkpoint, args.device)
     results = predict(model, args.images, args.top, args.protocol, args.device)
-    print(json.dumps(results, indent=2) if args.json else format_predictions(results))
+    print(strictjson.dumps(results, indent=2) if args.json else format_predictions(results))
     return 0

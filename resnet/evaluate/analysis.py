@@ -9,7 +9,6 @@ batches, so it equals `torch.cat(responses).std()`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -115,7 +114,10 @@ def analyze_responses(checkpoints: Sequence[str | Path], data: str, *, data_dir:
     from resnet.data import get_dataset
     from resnet.evaluate.preprocess import input_norm
     from resnet.evaluate.protocols import get_protocol
+    from resnet import strictjson
     from resnet.checkpoint import atomic_write_text, load_model
+    from resnet.data import dataset_info
+    from resnet.evaluate.runner import check_compatible
 
     networks = []
     for path in checkpoints:
@@ -126,6 +128,8 @@ def analyze_responses(checkpoints: Sequence[str | Path], data: str, *, data_dir:
             from resnet.data import pixel_mean
 
             fallback = pixel_mean(data, data_dir, download=download, **(data_options or {}))
+        info = dataset_info(data, data_dir, download=download, **(data_options or {}))
+        check_compatible(model, str(path), len(info.classes), info.channels)
         norm = input_norm(model, fallback).to(device)
         style = meta.get("style") or ("small" if model.spec.family == "cifar" else "imagenet")
         protocol = get_protocol("center", style, meta.get("image_size"))
@@ -144,6 +148,6 @@ def analyze_responses(checkpoints: Sequence[str | Path], data: str, *, data_dir:
             net["label"] = f"{net['label']} ({net['checkpoint']})"
     out = Path(out)
     result = {"data": data, "split": split, "networks": networks}
-    atomic_write_text(out / "responses.json", json.dumps(result, indent=2))
+    atomic_write_text(out / "responses.json", strictjson.dumps(result, indent=2))
     plot_responses(networks, out / "responses.png")
     return result
