@@ -287,10 +287,3 @@ def last_checkpoint(ckpt_dir: str | Path) -> tuple[Path, dict]:
         return weights, state
     return ckpt_dir / "last.safetensors", load_training_state(ckpt_dir / "last.state.pt")
 
-
-def saved_step(ckpt_dir: str | Path) -> int | None:
-    """The step of the last complete checkpoint, or None when there is none."""
-    pointer = Path(ckpt_dir) / "last"
-    if pointer.is_symlink():
-        return int(os.readlink(pointer).removeprefix("step-"))
-    return None

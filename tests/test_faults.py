@@ -175,39 +175,45 @@ def test_a_run_directory_from_the_two_file_layout_resumes(fashion, whole, tmp_pa
 
 # ---------------------------------------------------------------- signals
 
+def start_with_workers(fashion: Path, run: Path, workers: int) -> subprocess.Popen:
+    """A run whose data come through DataLoader workers, evaluating 1024 images every 4 steps, in its own
+    process group; returns once its second evaluation begins (the evaluation workers exist by then)."""
+    args = train_args(fashion, run, "--device-loader", "off", "--num-workers", str(workers), "--log-every", "1",
+                      iters=12)
+    args[args.index("--eval-subset") + 1] = "1024"
+    args[args.index("--eval-every") + 1] = "4"
+    proc = resnet_process(args, start_new_session=True)
+    wait_for_line(proc, "step 8/")
+    return proc
+
+
 def test_sigterm_to_the_process_group_during_evaluation_with_workers(fashion, tmp_path):
     """What docker stop / Slurm / Kubernetes do: SIGTERM to every process, DataLoader workers included."""
     run = tmp_path / "run"
-    args = train_args(fashion, run, "--device-loader", "off", "--num-workers", "2", "--log-every", "1")
-    args[args.index("--eval-subset") + 1] = "2048"
-    proc = resnet_process(args, start_new_session=True)
-    wait_for_line(proc, f"step {2 * EVAL_EVERY}/")  # the second evaluation starts now (its workers exist)
+    proc = start_with_workers(fashion, run, workers=2)
     os.killpg(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 143, err[-2000:]
     assert "exited unexpectedly" not in err and "--resume" in err
     _, state = checkpoint.last_checkpoint(run / "checkpoints")
-    assert state["step"] == 2 * EVAL_EVERY
-    assert [r["step"] for r in metric_rows(run)] == [8, 16]
+    assert state["step"] == 8
+    assert [r["step"] for r in metric_rows(run)] == [4, 8]
     assert leftovers(run) == []
 
 
 def test_a_second_ctrl_c_stops_during_a_long_evaluation(fashion, tmp_path):
     run = tmp_path / "run"
-    args = train_args(fashion, run, "--device-loader", "off", "--num-workers", "1", "--log-every", "1")
-    args[args.index("--eval-subset") + 1] = "2048"
-    proc = resnet_process(args, start_new_session=True)
-    wait_for_line(proc, f"step {2 * EVAL_EVERY}/")
+    proc = start_with_workers(fashion, run, workers=1)
     os.killpg(proc.pid, signal.SIGINT)  # as a terminal does: the whole foreground group
     time.sleep(0.3)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err[-2000:]
     assert "without saving" in err
-    # it stopped inside the evaluation: no row and no checkpoint for step 16, the one of step 8 kept
-    assert [r["step"] for r in metric_rows(run)] == [8]
+    # it stopped inside the evaluation: no row and no checkpoint for step 8, the one of step 4 kept
+    assert [r["step"] for r in metric_rows(run)] == [4]
     _, state = checkpoint.last_checkpoint(run / "checkpoints")
-    assert state["step"] == EVAL_EVERY
+    assert state["step"] == 4
 
 
 # ---------------------------------------------------------------- run directories
@@ -226,7 +232,8 @@ def test_two_writers_of_one_run_directory(fashion, tmp_path):
     assert first.returncode == 143
     steps = [r["step"] for r in metric_rows(run)]
     assert steps == sorted(set(steps))  # one writer's rows only
-    assert main(["train", "--resume", str(run), "--no-progress"]) == 0  # the lock went with the process
+    rundir.lock(run)  # the lock went with the process
+    rundir.unlock(run)
 
 
 def test_an_existing_run_is_refused_unless_overwrite(fashion, tmp_path, capsys):
