@@ -54,7 +54,8 @@ def run_demo(out: str | Path = "runs/demo", config: DemoConfig | None = None, da
             print(f"\n== {name} ({config.epochs} epochs on {config.subset} {config.data} images)")
             start = time.perf_counter()
             row = train(name, config.data, recipe=recipe, out=out / name, data_dir=data_dir, download=download,
-                        model_options={"base_width": config.base_width}, progress=progress)
+                        model_options={"base_width": config.base_width}, progress=progress,
+                        overwrite=True)  # the demo's own folders: a second demo replaces the first
             results.append({"net": name, "kind": kind, "depth": depth, "train_error": row["train_error"],
                             "test_error": row["test_top1_error"], "seconds": time.perf_counter() - start})
     table = format_results(results)

@@ -208,7 +208,7 @@ def train(model: str | None = None, data: str | None = None, *, recipe: Recipe |
     if recipe.batch_size % dist.world_size:
         raise ValueError(f"--batch-size {recipe.batch_size} is not divisible by {dist.world_size} processes")
     say = print if dist.is_main else (lambda *a, **k: None)
-    if dist.is_main:
+    if dist.is_main and run_dir.exists():  # fail before loading data: another writer, or another run in --out
         rundir.claim(run_dir, fresh=resume is None, overwrite=overwrite)
     torch.manual_seed(recipe.seed)
 
@@ -268,7 +268,7 @@ def train(model: str | None = None, data: str | None = None, *, recipe: Recipe |
 
     saved = step if state is not None else None  # step of the last checkpoint on disk
     if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        rundir.claim(run_dir, fresh=resume is None, overwrite=overwrite)  # creates a new --out (a no-op if held)
         if resume is None:
             atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2))
         else:  # what a crash after the checkpoint may have left: newer folders, metrics rows past it

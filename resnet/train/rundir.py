@@ -49,8 +49,9 @@ def unlock(run_dir: Path) -> None:
 
 
 def claim(run_dir: Path, *, fresh: bool, overwrite: bool = False) -> None:
-    """Lock `run_dir`; for a new run refuse a directory that holds a run (or, with `overwrite`, remove that
-    run's files); then remove the temporary files a crash may have left."""
+    """Lock `run_dir` (creating it); for a new run refuse a directory that holds a run (or, with `overwrite`,
+    remove that run's files); then remove the temporary files a crash may have left. Calling it again
+    while holding the directory changes nothing."""
     if run_dir.exists() and not run_dir.is_dir():
         raise NotADirectoryError(f"{run_dir} is a file, not a run directory")
     lock(run_dir)
