@@ -1,17 +1,21 @@
 """Checkpoints: weights as safetensors, training state as a tensors-only torch file.
 
-A checkpoint named `STEM` is two files: `STEM.safetensors` (the state dict, the input mean as
-`input_mean`, and JSON metadata: model name, options, classes, dataset, image size) and, for
-training checkpoints, `STEM.state.pt` (optimizer, scheduler, scaler, step, RNG states), loaded
-with `weights_only=True`. Every file is written to a temporary name and renamed, so a failure
-mid-write leaves the previous checkpoint intact.
+Weights are a `.safetensors` file (the state dict, the input mean as `input_mean`, and JSON
+metadata: model name, options, classes, dataset, image size). A training checkpoint is a folder
+`checkpoints/step-NNNNNNN/` holding `model.safetensors` and `state.pt` (optimizer, scheduler,
+scaler, step, RNG states; loaded with `weights_only=True`); the symlinks `checkpoints/last` and
+`checkpoints/best` point at such folders and are switched by one rename each, so the weights and
+the state of `last` always belong to the same step. `last.safetensors`, `last.state.pt` and
+`best.safetensors` are fixed links through those pointers. Every file is written to a temporary
+name (with the user's umask) and renamed, so a failure mid-write leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,23 +24,53 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
+from resnet.faults import fault_point
+
 META_KEY = "resnet"
 MEAN_KEY = "input_mean"
+WEIGHTS, STATE = "model.safetensors", "state.pt"  # the two files of a training checkpoint folder
+# fixed paths kept for readers of the older two-file layout: link name -> (pointer, file in the folder)
+LINKS = {"last.safetensors": ("last", WEIGHTS), "last.state.pt": ("last", STATE), "best.safetensors": ("best", WEIGHTS)}
+
+
+def temporary_name(path: Path) -> Path:
+    """A fresh hidden name beside `path` (`.NAME.XXXXXXXX.tmp`), for writing before a rename."""
+    return path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
-    """Call `write(tmp_path)`, then rename tmp_path onto `path` (atomic on POSIX)."""
+    """Call `write(tmp_path)`, then rename tmp_path onto `path` (atomic on POSIX).
+
+    The temporary file is created like `open` does (mode 0666 less the umask), flushed to disk
+    before the rename, and removed if `write` fails; an OSError names `path`, not the temporary file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = temporary_name(path)
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    mode = tmp.stat().st_mode  # 0666 less the umask: kept even if `write` recreates the file (safetensors does)
     try:
-        write(tmp)
+        write(str(tmp))
+        os.chmod(tmp, mode)
+        _fsync(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    _fsync(path.parent)
     return path
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's (or a directory's entries') data to disk, so a rename never exposes an empty file."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -68,7 +102,14 @@ def save_weights(path: str | Path, model: nn.Module, meta: dict | None = None,
     if input_mean is not None:
         tensors[MEAN_KEY] = input_mean.detach().to("cpu", torch.float32).contiguous()
     metadata = {META_KEY: json.dumps(meta if meta is not None else model_meta(net))}
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+    def write(tmp: str) -> None:
+        try:
+            save_file(tensors, tmp, metadata=metadata)
+        except SafetensorError as e:  # an I/O error (a full disk) inside safetensors
+            raise OSError(None, str(e)) from e
+
+    return atomic_write(path, write)
 
 
 def weights_path(path: str | Path, which: str = "best") -> Path:
@@ -96,8 +137,32 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict, torch
         tensors = load_file(str(path))
     except (SafetensorError, OSError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: not a readable safetensors checkpoint ({e})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: its {META_KEY!r} metadata is a {type(meta).__name__}, not a JSON object")
     mean = tensors.pop(MEAN_KEY, None)
     return tensors, meta, mean
+
+
+META_TYPES = {"model": str, "options": dict, "classes": list, "class_names": list, "dataset": str, "style": str,
+              "image_size": (int, list), "resize_size": int}
+
+
+def check_meta(meta: dict, source: str) -> None:
+    """One line naming the file and field when a checkpoint's metadata has a field of the wrong type."""
+    if not isinstance(meta.get("model"), str):
+        raise ValueError(f"{source}: no model name in its metadata; was it written by `resnet`?")
+    for key, kind in META_TYPES.items():
+        value = meta.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise ValueError(f"{source}: metadata field {key!r} has the wrong type ({type(value).__name__})")
+
+
+def check_finite(tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse weights holding NaN or infinity (a diverged run): nothing useful can be computed from them."""
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"{source}: {len(bad)} tensor(s) hold NaN or infinite values ({', '.join(bad[:3])}"
+                         f"{', ...' if len(bad) > 3 else ''}); the weights are unusable (did training diverge?)")
 
 
 def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str, target: str) -> None:
@@ -125,9 +190,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", which: str 
 
     file = weights_path(path, which)
     state, meta, mean = load_weights(file)
-    if "model" not in meta:
-        raise ValueError(f"{file}: no model name in its metadata; was it written by `resnet`?")
-    model = create_model(meta["model"], **meta.get("options", {}))
+    check_meta(meta, str(file))
+    check_finite({**state, **({MEAN_KEY: mean} if mean is not None else {})}, str(file))
+    try:
+        model = create_model(meta["model"], **meta.get("options", {}))
+    except (TypeError, ValueError, KeyError) as e:
+        raise ValueError(f"{file}: its metadata does not describe a network we can build ({e})") from None
     load_state_dict_checked(model, state, str(file), meta["model"])
     model.meta = meta
     model.input_mean = mean
@@ -147,3 +215,75 @@ def load_training_state(path: str | Path) -> dict:
         raise FileNotFoundError(f"{path}: no training state to resume from") from None
     except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
         raise ValueError(f"{path}: unreadable training state ({type(e).__name__}: {e})") from None
+
+
+# ----------------------------------------------------------------------------- training checkpoints
+
+def save_training_checkpoint(ckpt_dir: str | Path, step: int, model: nn.Module, meta: dict, state: dict,
+                             best: bool = False) -> Path:
+    """Write weights and state of `step` into `ckpt_dir/step-N/`, then switch `best` (when best) and `last` to it.
+
+    Until a pointer is switched nothing a reader sees has changed; a crash leaves at worst an unreferenced
+    folder, removed by `prune_checkpoints`. `best` is switched first so that `last` never claims a best
+    model that `best` does not hold.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    folder = ckpt_dir / f"step-{step:07d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        save_weights(folder / WEIGHTS, model, meta)
+        fault_point("checkpoint:between-files")
+        save_training_state(folder / STATE, state)
+    except BaseException:
+        prune_checkpoints(ckpt_dir)  # the unfinished folder, unless a pointer still names it
+        raise
+    fault_point("checkpoint:before-switch")
+    for pointer in ("best", "last") if best else ("last",):
+        _symlink_atomic(ckpt_dir / pointer, folder.name)
+    for link, (pointer, file) in LINKS.items():
+        target = f"{pointer}/{file}"
+        if (ckpt_dir / pointer).is_symlink() and not _links_to(ckpt_dir / link, target):
+            _symlink_atomic(ckpt_dir / link, target)
+    fault_point("checkpoint:before-prune")
+    prune_checkpoints(ckpt_dir)
+    return folder
+
+
+def _symlink_atomic(path: Path, target: str) -> None:
+    """Make `path` a symlink to `target` with one rename (replacing a file or link already there)."""
+    tmp = temporary_name(path)
+    os.symlink(target, tmp)
+    os.replace(tmp, path)
+    _fsync(path.parent)
+
+
+def _links_to(path: Path, target: str) -> bool:
+    return path.is_symlink() and os.readlink(path) == target
+
+
+def prune_checkpoints(ckpt_dir: str | Path) -> None:
+    """Remove the `step-*` folders that neither `last` nor `best` points at (older saves, crashed writes)."""
+    ckpt_dir = Path(ckpt_dir)
+    keep = {os.readlink(ckpt_dir / p) for p in ("last", "best") if (ckpt_dir / p).is_symlink()}
+    for folder in ckpt_dir.glob("step-*"):
+        if folder.name not in keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def last_checkpoint(ckpt_dir: str | Path) -> tuple[Path, dict]:
+    """(weights file, training state) of the last complete checkpoint, checked to be of one step.
+
+    Reads `last/` or, in run directories written before the folder layout, `last.safetensors` with
+    `last.state.pt`.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    pointer = ckpt_dir / "last"
+    if pointer.is_symlink():
+        folder = ckpt_dir / os.readlink(pointer)
+        weights, state = folder / WEIGHTS, load_training_state(folder / STATE)
+        if folder.name != f"step-{state.get('step', -1):07d}":
+            raise ValueError(f"{folder}: holds the training state of step {state.get('step')}; "
+                             f"the checkpoint is inconsistent")
+        return weights, state
+    return ckpt_dir / "last.safetensors", load_training_state(ckpt_dir / "last.state.pt")
+

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
 
 COMMANDS = {
     "summary": ("resnet.commands.summary", "print a network's Table 1 view: stages, parameters, multiply-adds"),
@@ -43,17 +44,38 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def expected_failures() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input or a bad environment (not a bug): printed as one line, exit status 2."""
+    import torch
+    from safetensors import SafetensorError
+
+    return (UserError, ValueError, OSError, ConnectionError, SafetensorError, torch.cuda.OutOfMemoryError)
+
+
+def one_line(error: BaseException) -> str:
+    """The error as one line; an OSError names its file ('PATH: No space left on device'), for a rename the target."""
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        return f"{error.filename2 or error.filename}: {error.strerror}"
+    text = " ".join(str(error).split())
+    return text or type(error).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
     try:
         return int(args._run(args) or 0)
-    except (UserError, ValueError, FileNotFoundError, NotADirectoryError, ConnectionError) as e:
-        print(f"resnet {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print(f"resnet {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return getattr(e, "exit_code", 130)
+    except expected_failures() as e:
+        print(f"resnet {args.command}: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except Exception:  # noqa: BLE001 - anything else is a bug in resnet: show where, ask for a report
+        traceback.print_exc()
+        print(f"resnet {args.command}: internal error (a bug in resnet); please report it with the command line "
+              f"and the traceback above", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

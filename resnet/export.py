@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import warnings
 from pathlib import Path
 
@@ -21,9 +22,22 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from resnet.checkpoint import atomic_write
+from resnet.checkpoint import atomic_write, check_finite
 
 TOLERANCE = 1e-4
+# the opsets each exporter writes as asked (torch.onnx's documented ranges): (first, last, default)
+OPSETS = {"torchscript": (7, 20, 17), "dynamo": (18, 23, 18)}
+
+
+def check_opset(opset: int | None, dynamo: bool) -> int:
+    """The opset to export with (the exporter's default for None), or one line naming --opset's range."""
+    first, last, default = OPSETS["dynamo" if dynamo else "torchscript"]
+    if opset is None:
+        return default
+    if not first <= opset <= last:
+        exporter = "the torch.export-based exporter (--dynamo)" if dynamo else "the TorchScript exporter"
+        raise ValueError(f"invalid --opset {opset}: {exporter} writes opsets {first} to {last}")
+    return opset
 
 
 def _conv_bn_pairs(model: nn.Module) -> list[tuple[nn.Module, str, str]]:
@@ -119,7 +133,10 @@ def check_onnx(path: str | Path, model: nn.Module, input_shape: tuple[int, ...],
         got = session.run(None, {name: x.numpy()})[0]
         if got.shape != expected.shape:
             raise ValueError(f"{path}: ONNX output shape {got.shape} != PyTorch {expected.shape} at batch {b}")
-        worst = max(worst, float(abs(got - expected).max()))
+        diff = float(abs(got - expected).max())
+        if not math.isfinite(diff):  # max(worst, nan) would hide it
+            raise ValueError(f"{path}: ONNX Runtime or PyTorch gives NaN or infinite outputs at batch {b}")
+        worst = max(worst, diff)
     return worst
 
 
@@ -135,6 +152,7 @@ def export_onnx(model: nn.Module, out: str | Path, *, image_size: int, opset: in
     """
     out = Path(out)
     model = model.to("cpu").eval()
+    check_finite(model.state_dict(), f"the network to export to {out}")
     in_channels = model.conv1.in_channels
     shape = (in_channels, image_size, image_size)
     net = fold_batchnorm(model) if fold_bn else model

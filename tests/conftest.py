@@ -6,7 +6,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import write_idx
+import torch
+from helpers import TEST_DEVICE, write_idx
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if TEST_DEVICE not in ("cpu", "cuda"):
+        raise pytest.UsageError(f"RESNET_TEST_DEVICE={TEST_DEVICE!r}: use cpu or cuda")
+    if TEST_DEVICE == "cuda" and not torch.cuda.is_available():
+        raise pytest.UsageError("RESNET_TEST_DEVICE=cuda, but no CUDA device is available")
 
 
 def learnable_images(n: int, seed: int, classes: int = 4, size: int = 28) -> tuple[np.ndarray, np.ndarray]:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 from pathlib import Path
 
 import numpy as np
 import torch
+
+# Device for the device-neutral training tests: `RESNET_TEST_DEVICE=cuda pytest` runs them on a GPU (CI: cpu).
+TEST_DEVICE = os.environ.get("RESNET_TEST_DEVICE", "cpu")
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

@@ -234,6 +234,20 @@ def test_truncated_idx_file_is_named(tmp_path):
         load_tensors("fashion-mnist", "train", tmp_path)
 
 
+def test_labels_outside_the_classes_are_one_line_naming_the_file(tmp_path):
+    labels = write_fashion(tmp_path / "fm")["t10k"][1].copy()
+    labels[3] = 10
+    write_idx(tmp_path / "fm" / "t10k-labels-idx1-ubyte.gz", labels)
+    with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte\.gz: label 10 at position 3 is outside the 10 classes"):
+        load_tensors("fashion-mnist", "test", tmp_path / "fm")
+    folder = write_cifar(tmp_path / "c")["folder"]
+    batch = pickle.loads((folder / "test_batch").read_bytes())
+    batch["labels"][0] = -1
+    (folder / "test_batch").write_bytes(pickle.dumps(batch, protocol=2))
+    with pytest.raises(ValueError, match=r"test_batch: label -1 at position 0 is outside the 10 classes"):
+        load_tensors("cifar10", "test", tmp_path / "c")
+
+
 @pytest.mark.skipif(not DEBIAN_FASHION.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
 def test_debian_fashion_mnist_is_found_without_configuration():
     train, train_labels, info = load_tensors("fashion-mnist", "train")

@@ -23,10 +23,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from resnet.device import resolve_device
     from resnet.evaluate.analysis import analyze_responses
 
-    if args.images < 1:
-        raise ValueError("--images must be positive")
+    if args.images < 1 or args.batch_size < 1:
+        raise ValueError("--images and --batch-size must be positive")
+    resolve_device(args.device)
     result = analyze_responses(args.checkpoint, args.data, data_dir=args.data_dir, split=args.split,
                                images=args.images, batch_size=args.batch_size, device=args.device, out=args.out,
                                progress=not args.no_progress, download=args.download)

@@ -9,7 +9,6 @@ shorter side at each of --scales, and the flip; CIFAR-size default: the image's 
 from __future__ import annotations
 
 import argparse
-import json
 
 from resnet.evaluate.protocols import PAPER_SCALES, PROTOCOLS
 
@@ -33,19 +32,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from resnet.evaluate.runner import evaluate_checkpoints, format_results
+    from resnet import strictjson
     from resnet.checkpoint import atomic_write_text
+    from resnet.device import resolve_device
+    from resnet.evaluate.runner import evaluate_checkpoints, format_results
 
     if args.scales and args.protocol != "multiscale":
         raise ValueError("--scales applies to --protocol multiscale only")
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         raise ValueError("--batch-size and --limit must be positive")
+    resolve_device(args.device)
     result = evaluate_checkpoints(args.checkpoint, args.data, data_dir=args.data_dir, split=args.split,
                                   protocol=args.protocol, scales=args.scales, batch_size=args.batch_size,
                                   device=args.device, limit=args.limit, num_workers=args.workers,
                                   progress=not args.no_progress, download=args.download)
     print(format_results(result))
     if args.json:
-        atomic_write_text(args.json, json.dumps(result, indent=2))
+        atomic_write_text(args.json, strictjson.dumps(result, indent=2))
         print(f"wrote {args.json}")
     return 0

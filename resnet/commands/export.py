@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="a .safetensors checkpoint or a run directory")
     p.add_argument("--out", required=True, metavar="FILE.onnx", help="the ONNX file to write")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    p.add_argument("--opset", type=int, help="ONNX opset: 7 to 20, default 17 (with --dynamo: 18 to 23, default 18)")
     p.add_argument("--no-fold-bn", action="store_true", help="keep BatchNormalization nodes")
     p.add_argument("--image-size", type=int, help="input side (default: the checkpoint's image size, 224 or 32)")
     p.add_argument("--dynamo", action="store_true", help="use the torch.export-based exporter (slower)")
@@ -17,16 +16,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from resnet.export import TOLERANCE, export_onnx
+    from resnet import strictjson
     from resnet.checkpoint import load_model
+    from resnet.export import TOLERANCE, check_opset, export_onnx
 
+    opset = check_opset(args.opset, args.dynamo)
     model = load_model(args.checkpoint)
     meta = dict(model.meta)
     size = args.image_size or meta.get("image_size") or (32 if model.spec.family == "cifar" else 224)
-    report = export_onnx(model, args.out, image_size=int(size), opset=args.opset, fold_bn=not args.no_fold_bn,
+    report = export_onnx(model, args.out, image_size=int(size), opset=opset, fold_bn=not args.no_fold_bn,
                          dynamo=args.dynamo, meta=meta)
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(strictjson.dumps(report, indent=2))
     else:
         print(f"wrote {report['out']}: input {report['input_shape']}, opset {report['opset']}, "
               f"{report['batchnorm_folded']} BN folded into convs")

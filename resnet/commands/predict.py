@@ -30,7 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from resnet import strictjson
     from resnet.checkpoint import load_model
+    from resnet.device import resolve_device
     from resnet.predict import format_predictions, predict, write_predictions
 
     for option in ("top", "batch_size", "max_pixels"):
@@ -38,9 +40,10 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--{option.replace('_', '-')} must be positive")
     if args.out and Path(args.out).suffix.lower() not in (".json", ".csv"):
         raise ValueError(f"--out {args.out}: give a .json or .csv file name")
+    resolve_device(args.device)
     model = load_model(args.checkpoint, args.device)
     results = predict(model, args.images, args.top, args.protocol, args.device, args.batch_size, args.max_pixels)
-    print(json.dumps(results, indent=2) if args.json else format_predictions(results))
+    print(strictjson.dumps(results, indent=2) if args.json else format_predictions(results))
     if args.out:
         write_predictions(results, args.out)
         print(f"wrote {args.out}", file=sys.stderr if args.json else sys.stdout)  # stdout stays JSON

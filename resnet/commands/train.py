@@ -87,8 +87,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="dataset folder (default: the usual places for the dataset)")
     p.add_argument("--download", action="store_true", help="download the dataset if it is missing")
     p.add_argument("--recipe", default="paper-cifar", choices=list(RECIPES), help="hyperparameters (default: paper-cifar)")
-    p.add_argument("--out", help="run directory (default: runs/MODEL-DATA-TIME)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run where it stopped")
+    p.add_argument("--out", help="run directory (default: runs/MODEL-DATA-TIME); must not hold another run")
+    p.add_argument("--overwrite", action="store_true", help="replace the run that --out holds")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run where it stopped (in RUN_DIR)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: when stderr is a terminal)")
     add_model_options(p)
@@ -146,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         train(args.model, args.data, recipe=recipe, out=args.out,
               data_dir=args.data_dir, resume=args.resume, model_options=model_options(args),
-              download=args.download, progress=args.progress)
+              download=args.download, progress=args.progress, overwrite=args.overwrite)
     except Interrupted as e:
         return e.exit_code
     except TrainingDiverged as e:

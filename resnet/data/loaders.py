@@ -12,6 +12,7 @@ Both have `set_epoch(epoch, start_batch=0)` and `len()` in batches per process.
 from __future__ import annotations
 
 import os
+import signal
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -48,7 +49,7 @@ def random_crop_flip(images: torch.Tensor, pad: int, params: torch.Tensor) -> to
     """Pad each side with zeros, crop back to the original size at (dy, dx), flip where asked; batched."""
     b, c, h, w = images.shape
     device = images.device
-    dy, dx, flip = params.to(device).unbind(1)
+    dy, dx, flip = params.to(device, non_blocking=True).unbind(1)  # no wait for the device
     padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
     rows = (dy[:, None] + torch.arange(h, device=device))[:, None, :, None].expand(b, c, h, w + 2 * pad)
     out = padded.gather(2, rows)
@@ -73,7 +74,7 @@ class TensorLoader:
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
         order = _epoch_order(len(self.images), self.seed, epoch, shuffle=self.train)
-        self.indices = shard(order, self.rank, self.world_size, self.train, self.batch_size)
+        self.indices = shard(order, self.rank, self.world_size, self.train, self.batch_size).to(self.images.device)
 
     def __len__(self) -> int:
         n = len(self.indices)
@@ -81,7 +82,7 @@ class TensorLoader:
 
     def __iter__(self):
         for i in range(self.start_batch, len(self)):
-            idx = self.indices[i * self.batch_size:(i + 1) * self.batch_size].to(self.images.device)
+            idx = self.indices[i * self.batch_size:(i + 1) * self.batch_size]
             x = self.images[idx]
             if self.train:  # drawn for the global batch, so any number of processes sees the same crops
                 g = torch.Generator().manual_seed(_seed_of(self.seed, self.epoch, i))
@@ -137,7 +138,8 @@ class ResumableLoader:
         workers = default_workers(world_size) if num_workers is None else num_workers
         self.loader = DataLoader(SeededSamples(dataset, seed), batch_size=batch_size, sampler=self.sampler,
                                  num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
-                                 drop_last=train, prefetch_factor=4 if workers > 0 else None)
+                                 drop_last=train, prefetch_factor=4 if workers > 0 else None,
+                                 worker_init_fn=ignore_stop_signals)
         self.batch_size, self.train = batch_size, train
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
@@ -150,6 +152,13 @@ class ResumableLoader:
 
     def __iter__(self):
         return iter(self.loader)
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """In a loader worker: ignore SIGINT/SIGTERM, which a terminal or `kill -- -PGID` sends to the whole
+    process group; the main process handles them (saves, then stops its workers)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def default_workers(world_size: int = 1) -> int:

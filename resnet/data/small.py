@@ -121,11 +121,23 @@ def cifar_classes(folder: Path, name: str) -> list[str]:
 def read_cifar(folder: Path, name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """All images of a split as uint8 [N,3,32,32] and labels int64 [N]."""
     images, labels = [], []
+    num_classes = 10 if name == "cifar10" else 100
     for f in cifar_files(name, split):
         batch = read_cifar_batch(folder / f)
         images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.extend(batch["labels"] if "labels" in batch else batch["fine_labels"])
+        batch_labels = batch["labels"] if "labels" in batch else batch["fine_labels"]
+        check_labels(np.asarray(batch_labels, dtype=np.int64), num_classes, folder / f)
+        labels.extend(batch_labels)
     return torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64)
+
+
+def check_labels(labels: np.ndarray, num_classes: int, path: Path) -> None:
+    """One line naming the file when a label is outside 0..num_classes-1 (rather than an IndexError later)."""
+    bad = (labels < 0) | (labels >= num_classes)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{path}: label {int(labels[first])} at position {first} is outside the "
+                         f"{num_classes} classes (0 to {num_classes - 1})")
 
 
 # ---- Fashion-MNIST -----------------------------------------------------------------------------
@@ -190,6 +202,7 @@ def read_fashion_mnist(folder: Path, split: str) -> tuple[torch.Tensor, torch.Te
     labels = read_idx(_idx_file(folder, label_stem))
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise ValueError(f"{folder}: {image_stem} {images.shape} and {label_stem} {labels.shape} do not match")
+    check_labels(labels, len(FashionMNIST.classes), _idx_file(folder, label_stem))
     return torch.from_numpy(images.copy())[:, None], torch.from_numpy(labels.astype(np.int64))
 
 

@@ -9,7 +9,6 @@ batches, so it equals `torch.cat(responses).std()`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -115,9 +114,12 @@ def analyze_responses(checkpoints: Sequence[str | Path], data: str, *, data_dir:
 
     from resnet.data import get_dataset
     from resnet.evaluate.preprocess import input_norm
+    from resnet import strictjson
     from resnet.data.sampling import balanced_subset
     from resnet.evaluate.protocols import checkpoint_protocol
     from resnet.checkpoint import atomic_write_text, load_model
+    from resnet.data import dataset_info
+    from resnet.evaluate.runner import check_compatible
 
     networks = []
     for path in checkpoints:
@@ -128,6 +130,8 @@ def analyze_responses(checkpoints: Sequence[str | Path], data: str, *, data_dir:
             from resnet.data import pixel_mean
 
             fallback = pixel_mean(data, data_dir, download=download, **(data_options or {}))
+        info = dataset_info(data, data_dir, download=download, **(data_options or {}))
+        check_compatible(model, str(path), len(info.classes), info.channels)
         norm = input_norm(model, fallback).to(device)
         protocol = checkpoint_protocol(model, "center")
         dataset = get_dataset(data, split, data_dir, transform=protocol.prepare, download=download,
@@ -145,6 +149,6 @@ def analyze_responses(checkpoints: Sequence[str | Path], data: str, *, data_dir:
             net["label"] = f"{net['label']} ({net['checkpoint']})"
     out = Path(out)
     result = {"data": data, "split": split, "networks": networks}
-    atomic_write_text(out / "responses.json", json.dumps(result, indent=2))
+    atomic_write_text(out / "responses.json", strictjson.dumps(result, indent=2))
     plot_responses(networks, out / "responses.png")
     return result

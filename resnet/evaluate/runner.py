@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from resnet import precision
 from resnet.data.folder import Unreadable
-from resnet.data.loaders import default_workers
+from resnet.data.loaders import default_workers, ignore_stop_signals
 from resnet.evaluate.ensemble import ensemble_scores
 from resnet.evaluate.metrics import ErrorMeter
 from resnet.evaluate.preprocess import InputNorm, input_norm
@@ -44,7 +44,8 @@ def evaluate_models(models: Sequence[nn.Module], norms: Sequence[InputNorm], dat
     models = [m.to(device, memory_format=layout).eval() for m in models]
     norms = [n.to(device) for n in norms]
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                         collate_fn=ReadableCollate(protocol), pin_memory=device.type == "cuda")
+                                         collate_fn=ReadableCollate(protocol), pin_memory=device.type == "cuda",
+                                         worker_init_fn=ignore_stop_signals)
     meters = [ErrorMeter() for _ in models]
     ensemble = ErrorMeter()
     skipped = []

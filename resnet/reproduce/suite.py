@@ -100,7 +100,8 @@ def run_one(spec: RunSpec, recipe: Recipe, out: Path, data: str, data_dir: str |
             last = train(resume=run_dir, progress=progress, download=download)
         else:
             last = train(spec.model, data, recipe=with_seed(recipe, spec.seed), out=run_dir, data_dir=data_dir,
-                         model_options=dict(spec.model_options), download=download, progress=progress)
+                         model_options=dict(spec.model_options), download=download, progress=progress,
+                         overwrite=True)  # a start that never reached its first checkpoint begins again
     result = summarize(run_dir, spec, last)
     atomic_write_text(run_dir / RESULT, json.dumps(result, indent=2))
     return result

@@ -1,7 +1,10 @@
 """The training loop, top to bottom: set-up, data, model, optimiser, loop, evaluation, checkpoints.
 
 A run directory holds `config.json` (model, data, recipe), `metrics.jsonl` (one row per
-evaluation), `curves.png`, and `checkpoints/{last,best}.safetensors` with `last.state.pt`.
+evaluation), `curves.png`, and `checkpoints/` (see resnet/checkpoint.py: `last` and `best`
+pointing at `step-N/` folders of weights and state, with `last.safetensors`, `best.safetensors`).
+One process writes it at a time (resnet/train/rundir.py). The training step never waits for the
+device: the loss is checked for NaN/inf on the device and the flag looked at every `log_every` steps.
 """
 
 from __future__ import annotations
@@ -22,11 +25,14 @@ from torch import nn
 from resnet import precision
 from resnet.data.datasets import describe_input
 from resnet.data.loaders import TensorLoader, build_loader
+from resnet.device import resolve_device
 from resnet.evaluate.metrics import topk_errors
 from resnet.models import create_model, get_spec
-from resnet.train import distributed
-from resnet.checkpoint import (atomic_write_text, load_state_dict_checked, load_training_state, load_weights,
-                                     model_meta, save_training_state, save_weights, unwrap)
+from resnet import strictjson
+from resnet.checkpoint import (atomic_write_text, last_checkpoint, load_state_dict_checked, load_weights, model_meta,
+                               prune_checkpoints, save_training_checkpoint, unwrap)
+from resnet.faults import fault_point
+from resnet.train import distributed, rundir
 from resnet.train.curves import plot_curves, read_metrics
 from resnet.train.progress import Progress
 from resnet.train.recipes import Recipe, describe, recipe_from_dict
@@ -46,14 +52,6 @@ class Interrupted(Exception):
 
 
 # ----------------------------------------------------------------------------- set-up
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda, but no CUDA device is available")
-    return torch.device(name)
-
 
 def make_data(data: str, data_dir: str | None, recipe: Recipe, dist: distributed.Dist, device: torch.device,
               download: bool):
@@ -145,8 +143,17 @@ def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_
 
 # ----------------------------------------------------------------------------- the run
 
+class StopNow(KeyboardInterrupt):
+    """A second SIGINT/SIGTERM: stop at once without saving (the last checkpoint is kept)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.exit_code = 128 + signum
+
+
 class StopFlag:
-    """Records SIGINT/SIGTERM so the loop can save a checkpoint at the next step and exit."""
+    """Records SIGINT/SIGTERM so the loop can save a checkpoint at the next step and exit; a second
+    signal (say, Ctrl-C again during a long evaluation) stops at once."""
 
     def __init__(self) -> None:
         self.signum = 0
@@ -159,6 +166,9 @@ class StopFlag:
         return self
 
     def _handle(self, signum, frame) -> None:
+        if self.signum:
+            print("second signal: stopping now without saving; the last checkpoint is kept", file=sys.stderr)
+            raise StopNow(signum)
         self.signum = signum
 
     def __exit__(self, *exc) -> None:
@@ -169,15 +179,17 @@ class StopFlag:
 def train(model: str | None = None, data: str | None = None, *, recipe: Recipe | None = None,
           out: str | Path | None = None, data_dir: str | None = None, resume: str | Path | None = None,
           model_options: dict | None = None, download: bool = False, progress: bool | None = None,
-          stop_after: int | None = None) -> dict:
+          stop_after: int | None = None, overwrite: bool = False) -> dict:
     """Train `model` on `data` with `recipe`, writing a run directory; returns the last evaluation row.
 
-    `resume` continues a run directory where it stopped. `stop_after` (testing) stops as if
-    interrupted after that many steps of this call.
+    `resume` continues a run directory where it stopped; `out` may not hold another run unless
+    `overwrite`. `stop_after` (testing) stops as if interrupted after that many steps of this call.
     """
     # --- configuration: fresh or from the run being resumed
     if resume is not None:
         run_dir = Path(resume)
+        if out is not None and Path(out).resolve() != run_dir.resolve():
+            raise ValueError(f"--out {out} with --resume: a resumed run continues in its own directory {run_dir}")
         config_path = run_dir / "config.json"
         if not config_path.exists():
             raise FileNotFoundError(f"{run_dir}: not a run directory (no config.json) to resume")
@@ -194,8 +206,8 @@ def train(model: str | None = None, data: str | None = None, *, recipe: Recipe |
         recipe = (recipe or Recipe()).validate()
         model_options = dict(model_options or {})
         run_dir = Path(out) if out else Path("runs") / f"{model}-{data}-{time.strftime('%Y%m%d-%H%M%S')}"
-        config = {"model": model, "data": data, "data_dir": data_dir, "model_options": model_options,
-                  "recipe": asdict(recipe)}
+        config = {"model": model, "data": data, "model_options": model_options, "recipe": asdict(recipe),
+                  "data_dir": str(Path(data_dir).expanduser().resolve()) if data_dir else None}  # resumable anywhere
 
     device = resolve_device(recipe.device)
     dist = distributed.setup(device.type)
@@ -204,6 +216,8 @@ def train(model: str | None = None, data: str | None = None, *, recipe: Recipe |
     if recipe.batch_size % dist.world_size:
         raise ValueError(f"--batch-size {recipe.batch_size} is not divisible by {dist.world_size} processes")
     say = print if dist.is_main else (lambda *a, **k: None)
+    if dist.is_main and run_dir.exists():  # fail before loading data: another writer, or another run in --out
+        rundir.claim(run_dir, fresh=resume is None, overwrite=overwrite)
     torch.manual_seed(recipe.seed)
 
     # --- data and model
@@ -212,9 +226,9 @@ def train(model: str | None = None, data: str | None = None, *, recipe: Recipe |
     ckpt_dir = run_dir / "checkpoints"
     state = None
     if resume is not None:
-        weights, _, _ = load_weights(ckpt_dir / "last.safetensors")
-        load_state_dict_checked(net, weights, str(ckpt_dir / "last.safetensors"), f"{model} ({data})")
-        state = load_training_state(ckpt_dir / "last.state.pt")
+        weights_file, state = last_checkpoint(ckpt_dir)
+        weights, _, _ = load_weights(weights_file)
+        load_state_dict_checked(net, weights, str(weights_file), f"{model} ({data})")
     cuda = device.type == "cuda"
     channels_last = precision.channels_last(device, recipe.channels_last)
     net = net.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
@@ -245,6 +259,7 @@ def train(model: str | None = None, data: str | None = None, *, recipe: Recipe |
     # --- counters, restored on resume
     step, epoch, batch_in_epoch, best_error = 0, 0, 0, math.inf
     window = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, wrong, count since last eval
+    warmup_errors: list[torch.Tensor] = []  # training error of each warm-up step, read every log_every steps
     elapsed = window_start = 0.0  # training seconds, in all and at the last evaluation
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
@@ -253,14 +268,19 @@ def train(model: str | None = None, data: str | None = None, *, recipe: Recipe |
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         best_error, elapsed, window_start = state["best_error"], state["elapsed"], state["window_start"]
         window = state["window"].to(device)
+        warmup_errors = list(state.get("warmup_errors", torch.zeros(0)).to(device, torch.float64).unbind())
         torch.set_rng_state(state["rng"]["cpu"])
         if cuda and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(state["rng"]["cuda"], device)
 
+    saved = step if state is not None else None  # step of the last checkpoint on disk
     if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        rundir.claim(run_dir, fresh=resume is None, overwrite=overwrite)  # creates a new --out (a no-op if held)
         if resume is None:
             atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2))
+        else:  # what a crash after the checkpoint may have left: newer folders, metrics rows past it
+            prune_checkpoints(ckpt_dir)
+            rundir.truncate_metrics(run_dir / "metrics.jsonl", step)
         say(f"{'resuming' if resume else 'training'} {model} on {data} ({info.num_classes} classes) -> {run_dir}")
         say(f"device {device}, {dist.world_size} process(es), {total_steps} iterations, "
             f"{steps_per_epoch} per epoch, {precision.describe(amp_dtype, channels_last)}")
@@ -268,20 +288,43 @@ def train(model: str | None = None, data: str | None = None, *, recipe: Recipe |
         say(f"recipe {recipe.name}:\n{describe(recipe)}")
 
     def save_checkpoint(best: bool = False) -> None:
-        if not dist.is_main:
+        nonlocal saved
+        if not dist.is_main or (step == saved and not best):  # nothing changed since the last save
             return
-        meta = model_meta(net)
-        save_weights(ckpt_dir / "last.safetensors", net, meta)
-        save_training_state(ckpt_dir / "last.state.pt", {
+        save_training_checkpoint(ckpt_dir, step, net, model_meta(net), {
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "schedule": schedule.state_dict(),
             "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "best_error": best_error,
             "elapsed": elapsed, "window_start": window_start, "window": window.cpu(), "model": model, "data": data,
-            "rng": {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if cuda else None}})
-        if best:
-            save_weights(ckpt_dir / "best.safetensors", net, meta)
+            "warmup_errors": torch.stack(warmup_errors).cpu() if warmup_errors else torch.zeros(0),
+            "rng": {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if cuda else None}},
+            best=best)
+        saved = step
+
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)  # a NaN/inf loss since the last look
+    checked = step  # the step of that look
+
+    def check_loss() -> None:
+        """Look at the non-finite-loss flag (one sync); stop naming the steps since the last look."""
+        nonlocal checked
+        if distributed.all_reduce_sum(nonfinite.to(torch.float64)).item() > 0:
+            bar.close()
+            if dist.is_main:
+                rundir.unlock(run_dir)
+            kept = (f"the last good checkpoint is {ckpt_dir / 'last'} (step {saved})" if saved is not None
+                    else "no checkpoint was saved before it")
+            raise TrainingDiverged(f"the loss became NaN or infinite between steps {checked + 1} and {step} "
+                                   f"(epoch {epoch + 1}); training stopped; {kept}")
+        checked = step
+
+    def feed_warmup_errors() -> None:
+        """Feed the warm-up steps' training errors to the schedule (read from the device in one go)."""
+        for error in torch.stack(warmup_errors).tolist() if warmup_errors else []:
+            schedule.observe_train_error(error)
+        warmup_errors.clear()
 
     def run_evaluation() -> dict:
         nonlocal best_error, window, window_start
+        check_loss()
         loss_sum, wrong, count = distributed.all_reduce_sum(window.clone()).tolist()
         row = {"epoch": round(epoch + batch_in_epoch / steps_per_epoch, 3), "step": step, "lr": schedule.lr(step - 1),
                "train_loss": loss_sum / max(count, 1), "train_error": wrong / max(count, 1)}
@@ -297,7 +340,8 @@ def train(model: str | None = None, data: str | None = None, *, recipe: Recipe |
         window_start = elapsed
         if dist.is_main:
             with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
+                f.write(strictjson.dumps(row) + "\n")
+            fault_point("metrics:after-row")
             plot_curves({model: read_metrics(run_dir / "metrics.jsonl")}, run_dir / "curves.png",
                         title=f"{model} on {data}")
         save_checkpoint(best=is_best)
@@ -321,30 +365,30 @@ def train(model: str | None = None, data: str | None = None, *, recipe: Recipe |
                 with autocast():
                     logits = step_model(x)
                     loss = F.cross_entropy(logits, y)
-                if not torch.isfinite(loss):
-                    bar.close()
-                    raise TrainingDiverged(
-                        f"loss is {loss.item()} at step {step + 1} (epoch {epoch + 1}); training stopped, "
-                        f"the last good checkpoint is {ckpt_dir / 'last.safetensors'}")
+                nonfinite |= ~torch.isfinite(loss.detach())  # on the device: no sync
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
                 with torch.no_grad():
                     wrong = (logits.argmax(1) != y).sum()
-                    window += torch.stack([loss.detach().double() * len(y), wrong.double(),
-                                           torch.tensor(float(len(y)), device=device, dtype=torch.float64)])
+                    window[:2] += torch.stack([loss.detach().double() * len(y), wrong.double()])
+                    window[2] += len(y)
+                    if schedule.warming:
+                        warmup_errors.append(wrong.double() / len(y))
                 step, batch_in_epoch, steps_this_call = step + 1, batch_in_epoch + 1, steps_this_call + 1
                 elapsed += time.perf_counter() - tick
-                if schedule.warming:
-                    schedule.observe_train_error(wrong.item() / len(y))
+                looked = step % recipe.log_every == 0
+                if looked:
+                    check_loss()
+                    feed_warmup_errors()
                 bar.update(step, epoch, lambda: {"loss": loss.item(), "err%": 100 * wrong.item() / len(y), "lr": lr,
                                                  "img/s": len(y) * dist.world_size / max(bar.step_time(), 1e-9)})
                 if step % eval_every == 0 or step == total_steps:
                     last_row = run_evaluation()
                     bar.log_row(last_row)
                 signum = _agreed_stop(stop.signum, dist, stop_after is not None and steps_this_call >= stop_after,
-                                      device)
+                                      device, due=looked or step % eval_every == 0)
                 tick = time.perf_counter()  # evaluation and logging do not count as training time
                 if signum or step >= total_steps:
                     break
@@ -355,23 +399,33 @@ def train(model: str | None = None, data: str | None = None, *, recipe: Recipe |
                 break
             if batch_in_epoch == steps_per_epoch:
                 epoch, batch_in_epoch = epoch + 1, 0
+            check_loss()
             save_checkpoint()
             bar.close()
             message = f"stopped at step {step}; checkpoint saved; continue with: resnet train --resume {run_dir}"
             say(message, file=sys.stderr)
+            if dist.is_main:
+                rundir.unlock(run_dir)
             distributed.teardown()
             raise Interrupted(signum or signal.SIGINT, message)
     bar.close()  # the last step was evaluated in the loop (step == total_steps)
     if dist.is_main:
         say(f"done: {step} iterations, final " + ", ".join(f"{k} {v:.4g}" for k, v in last_row.items()
                                                          if k.endswith("error")))
+        rundir.unlock(run_dir)
     distributed.teardown()
     return last_row
 
 
-def _agreed_stop(signum: int, dist: distributed.Dist, forced: bool, device: torch.device) -> int:
-    """The signal every process stops for: any process's request stops all at the same step."""
+def _agreed_stop(signum: int, dist: distributed.Dist, forced: bool, device: torch.device, due: bool) -> int:
+    """The signal every process stops for: any process's request stops all at the same step.
+
+    Processes compare their signals only when `due` (every log_every steps and at evaluations), as it
+    costs a sync; `forced` stops are the same step in every process anyway.
+    """
     value = signum or (int(signal.SIGINT) if forced else 0)
+    if dist.enabled and not forced and not due:
+        return 0
     if dist.enabled:
         flag = torch.tensor([value], dtype=torch.int64, device=device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)

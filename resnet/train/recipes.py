@@ -57,8 +57,8 @@ class Recipe:
                 raise ValueError(f"invalid --{option.replace('_', '-')} {value}; must be a positive integer")
         if self.lr <= 0:
             raise ValueError(f"invalid --lr {self.lr}; must be positive")
-        if self.iters is None and self.epochs is None:
-            raise ValueError("give --iters or --epochs")
+        if (self.iters is None) == (self.epochs is None):
+            raise ValueError(f"give one of --iters or --epochs (iters={self.iters}, epochs={self.epochs})")
         return self
 
 
@@ -98,7 +98,10 @@ def get_recipe(name: str, **overrides) -> Recipe:
     if unknown:
         raise ValueError(f"unknown recipe field(s) {', '.join(unknown)}; fields: {', '.join(sorted(names))}")
     given = {k: v for k, v in overrides.items() if v is not None}
-    if "epochs" in given and "iters" not in given:
+    if "epochs" in given and "iters" in given:
+        raise ValueError(f"--epochs {given['epochs']} and --iters {given['iters']} both set the length of the run; "
+                         f"give one of them")
+    if "epochs" in given:
         given["iters"] = None  # --epochs replaces the recipe's iteration count
     return dataclasses.replace(RECIPES[name], **given).validate()
 
