@@ -44,7 +44,7 @@ def fashion(tmp_path_factory) -> Path:
 
 def train_args(fashion: Path, out: Path, *extra: str, iters: int = ITERS) -> list[str]:
     return ["train", "--model", "resnet20", "--data", "fashion-mnist", "--data-dir", str(fashion), "--iters",
-            str(iters), "--batch-size", "32", "--no-val-split", "--eval-every", str(EVAL_EVERY), "--eval-subset", "128",
+            str(iters), "--batch-size", "32", "--lr", "0.1", "--no-val-split", "--eval-every", str(EVAL_EVERY), "--eval-subset", "128",
             "--base-width", "4", "--device", TEST_DEVICE, "--no-progress", "--out", str(out), *extra]
 
 
