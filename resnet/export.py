@@ -82,13 +82,37 @@ def _export(model: nn.Module, example: torch.Tensor, path: str, opset: int, dyna
                               dynamic_axes=axes, opset_version=opset, training=mode)
 
 
-def _add_metadata(path: str, meta: dict) -> None:
-    """Store the checkpoint's metadata (model, classes, input_std...) as ONNX metadata_props."""
+def onnx_metadata(model: nn.Module, image_size: int, meta: dict | None = None) -> dict[str, str]:
+    """What a user of the ONNX file needs to prepare its input, as metadata_props (JSON values):
+    input_mean ([C,H,W] or [C,1,1] on 0..1), input_std (when the weights have one), input_size [C,H,W],
+    resize_size (shorter side before the centre crop), style, class_names; and the checkpoint's metadata
+    under "resnet"."""
+    from resnet.data.transforms import default_resize
+    from resnet.evaluate.preprocess import input_std
+
+    meta = dict(getattr(model, "meta", None) or {}) if meta is None else dict(meta)
+    style = meta.get("style") or ("small" if getattr(model.spec, "family", "") == "cifar" else "imagenet")
+    resize = image_size if style == "small" else meta.get("resize_size") or default_resize(image_size)
+    props = {"resnet": json.dumps(meta), "input_size": json.dumps([model.conv1.in_channels, image_size, image_size]),
+             "resize_size": json.dumps(resize), "style": style,
+             "class_names": json.dumps(meta.get("class_names") or meta.get("classes") or [])}
+    mean = getattr(model, "input_mean", None)
+    if mean is not None:
+        props["input_mean"] = json.dumps(mean.detach().cpu().float().tolist())
+    std = input_std(model)
+    if std is not None:
+        props["input_std"] = json.dumps(std.flatten().tolist())
+    return props
+
+
+def _add_metadata(path: str, props: dict[str, str]) -> None:
+    """Store string key/values as the ONNX file's metadata_props."""
     import onnx
 
     graph = onnx.load(path)
-    entry = graph.metadata_props.add()
-    entry.key, entry.value = "resnet", json.dumps(meta)
+    for key, value in props.items():
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = key, value
     onnx.save(graph, path)
 
 
@@ -120,6 +144,9 @@ def export_onnx(model: nn.Module, out: str | Path, *, image_size: int, opset: in
                 dynamo: bool = False, meta: dict | None = None, tolerance: float = TOLERANCE) -> dict:
     """Write `model` as ONNX (atomically) and check it against ONNX Runtime; returns the measured differences.
 
+    The file's metadata_props carry the input preprocessing (`onnx_metadata`); `meta` replaces the
+    model's own `.meta` there.
+
     The reference for the check is the original (unfolded) model, so the reported difference covers
     both the folding and the export. A difference above `tolerance` is an error and no file is left.
     """
@@ -134,11 +161,12 @@ def export_onnx(model: nn.Module, out: str | Path, *, image_size: int, opset: in
     with torch.no_grad():
         fold_diff = float((net(example) - model(example)).abs().max()) if fold_bn else 0.0
     report = {"out": str(out), "opset": opset, "fold_bn": fold_bn, "input_shape": ["batch", *shape]}
+    props = onnx_metadata(model, image_size, meta)
+    report["metadata"] = sorted(props)
 
     def write(tmp: str) -> None:
         _export(net, example, tmp, opset, dynamo, fold_bn)
-        if meta:
-            _add_metadata(tmp, meta)
+        _add_metadata(tmp, props)
         report["max_abs_diff"] = check_onnx(tmp, model, shape)
         if report["max_abs_diff"] >= tolerance:
             raise ValueError(f"{out}: ONNX Runtime differs from PyTorch by {report['max_abs_diff']:.3g} "

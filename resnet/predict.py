@@ -1,63 +1,78 @@
-"""Top-k classes of single image files under a trained checkpoint (center crop by default)."""
+"""Top-k classes of image files under a trained checkpoint, with the checkpoint's own test preprocessing.
+
+Each image is decoded upright (EXIF orientation) and goes through the test protocol the checkpoint
+was trained for: a small-style (CIFAR-size) net sees the image fitted to its training size (shorter
+side resized, centre crop), an ImageNet-style net the paper's resize (256 for 224 crops) and centre
+crop. Images that would decode to more than `MAX_PIXELS` pixels are refused with one line.
+"""
 
 from __future__ import annotations
 
-import sys
+import csv
+import io
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
+from torchvision.transforms.v2.functional import pil_to_tensor
 
+from resnet.data.folder import MAX_PIXELS, decode_image, image_files, open_checked
 from resnet.evaluate.preprocess import input_norm
-from resnet.evaluate.protocols import get_protocol
+from resnet.evaluate.protocols import Protocol, checkpoint_protocol
 
 
-def read_image(path: str | Path, channels: int = 3) -> torch.Tensor:
-    """A uint8 CHW tensor from an image file, or a one-line error naming the file."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such image file")
-    try:
-        with Image.open(path) as image:
-            image = image.convert("L" if channels == 1 else "RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        reason = "not an image PIL can read" if isinstance(e, UnidentifiedImageError) else str(e).splitlines()[0]
-        raise ValueError(f"{path}: {reason}") from None
-    from torchvision.transforms.v2 import functional as TF
-
-    return TF.pil_to_tensor(image)
+def gather_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """The image files named: files as given, folders by every image under them (sorted)."""
+    files = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = image_files(item)
+            if not found:
+                raise FileNotFoundError(f"{item}: no image files in this folder")
+            files += map(Path, found)
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise FileNotFoundError(f"{item}: no such image file or folder")
+    return files
 
 
-def model_style(model: nn.Module) -> str:
-    """"small" (CIFAR-size input, no resize) or "imagenet" from the checkpoint's metadata."""
-    meta = getattr(model, "meta", {}) or {}
-    return meta.get("style") or ("small" if getattr(model.spec, "family", "") == "cifar" else "imagenet")
+def read_image(path: str | Path, channels: int = 3, min_side: int | None = None,
+               max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+    """A uint8 CHW tensor from an image file (upright, 16-bit scaled), or a one-line error naming the file."""
+    return pil_to_tensor(decode_image(path, min_side, "L" if channels == 1 else "RGB", max_pixels))
+
+
+def _top(probs: torch.Tensor, top: int, names: list | None) -> list[dict]:
+    values, indices = probs.topk(min(top, probs.numel()))
+    return [{"index": int(i), "class": str(names[i]) if names and i < len(names) else str(int(i)),
+             "probability": float(p)} for p, i in zip(values, indices)]
 
 
 @torch.no_grad()
 def predict(model: nn.Module, images: Sequence[str | Path], top: int = 5, protocol: str = "center",
-            device: str = "cpu") -> list[dict]:
-    """For each image file: its top classes as [{index, class, probability}] (best first)."""
+            device: str = "cpu", batch_size: int = 32, max_pixels: int = MAX_PIXELS) -> list[dict]:
+    """For each image file (or every image in a folder): its top classes as [{index, class, probability}]."""
+    import sys
+
     meta = getattr(model, "meta", {}) or {}
     if getattr(model, "input_mean", None) is None:
         print("resnet predict: warning: the checkpoint has no input mean; using the image as it is", file=sys.stderr)
     norm = input_norm(model).to(device)
-    chosen = get_protocol(protocol, model_style(model), meta.get("image_size"))
+    chosen: Protocol = checkpoint_protocol(model, protocol)
     names = meta.get("class_names") or meta.get("classes")
     channels = model.conv1.in_channels
-    tensors = [read_image(path, channels) for path in images]  # every file checked before any work
+    files = gather_images(images)
+    for path in files:  # every header checked (readable, not too large) before any work
+        open_checked(path, chosen.min_side, max_pixels).close()
     results = []
-    for path, image in zip(images, tensors):
-        views = chosen.prepare(image)
-        batch = [views] if isinstance(views, list) else views[None]
-        probs = chosen.scores(model, norm, batch, device)[0].cpu()
-        values, indices = probs.topk(min(top, probs.numel()))
-        results.append({"image": str(path), "top": [
-            {"index": int(i), "class": str(names[i]) if names and i < len(names) else str(int(i)),
-             "probability": float(p)} for p, i in zip(values, indices)]})
+    for start in range(0, len(files), batch_size):
+        chunk = files[start:start + batch_size]
+        views = [(chosen.prepare(read_image(p, channels, chosen.min_side, max_pixels)), 0) for p in chunk]
+        probs = chosen.scores(model, norm, chosen.collate(views)[0], device).cpu()
+        results += [{"image": str(path), "top": _top(p, top, names)} for path, p in zip(chunk, probs)]
     return results
 
 
@@ -68,3 +83,26 @@ def format_predictions(results: list[dict]) -> str:
         lines.append(r["image"])
         lines += [f"  {k + 1}. {t['probability']:7.2%}  {t['class']}" for k, t in enumerate(r["top"])]
     return "\n".join(lines)
+
+
+def predictions_csv(results: list[dict]) -> str:
+    """CSV with one row per (image, rank): image, rank, index, class, probability."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["image", "rank", "index", "class", "probability"])
+    for r in results:
+        for rank, t in enumerate(r["top"], 1):
+            writer.writerow([r["image"], rank, t["index"], t["class"], f"{t['probability']:.6g}"])
+    return buffer.getvalue()
+
+
+def write_predictions(results: list[dict], out: str | Path) -> Path:
+    """Write results atomically as JSON (.json) or CSV (.csv), chosen by the file's suffix."""
+    from resnet.checkpoint import atomic_write_text
+
+    out = Path(out)
+    if out.suffix.lower() == ".json":
+        return atomic_write_text(out, json.dumps(results, indent=2))
+    if out.suffix.lower() == ".csv":
+        return atomic_write_text(out, predictions_csv(results))
+    raise ValueError(f"--out {out}: give a .json or .csv file name")

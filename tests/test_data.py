@@ -193,7 +193,8 @@ def test_pixel_mean_is_the_training_mean_image_and_is_cached(tmp_path, monkeypat
     mean = pixel_mean("cifar10", tmp_path)
     assert mean.dtype == torch.float32 and mean.shape == (3, 32, 32)
     np.testing.assert_allclose(mean.numpy(), expected, atol=1e-6)
-    assert (written["folder"] / "resnet-mean-cifar10.safetensors").is_file()
+    assert not list(written["folder"].glob("*mean*"))  # never written into the data folder
+    assert len(list((tmp_path / "cache-home" / "resnet").glob("mean-cifar10-*.safetensors"))) == 1
 
     def fail(*args, **kwargs):
         raise AssertionError("recomputed although cached")

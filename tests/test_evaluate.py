@@ -209,6 +209,7 @@ def save_small_checkpoint(path, name: str, seed: int, mean: torch.Tensor | None)
 
 def test_eval_command_json_matches_the_data_packages_test_pipeline(tmp_path, capsys):
     from resnet.data import get_dataset, pixel_mean
+    from resnet.data.sampling import balanced_sample
     from resnet.data.transforms import test_transform
 
     mean = pixel_mean("synthetic")
@@ -223,8 +224,9 @@ def test_eval_command_json_matches_the_data_packages_test_pipeline(tmp_path, cap
     result = json.loads(out.read_text())
     assert [m["images"] for m in result["members"]] == [40, 40] and result["ensemble"]["images"] == 40
     dataset = get_dataset("synthetic", "test", transform=test_transform(get_dataset("synthetic").info, mean))
-    x = torch.stack([dataset[i][0] for i in range(40)])
-    y = torch.tensor([dataset[i][1] for i in range(40)])
+    chosen = balanced_sample(dataset.targets, 40, seed=0).tolist()  # --limit: a balanced sample (tested in test_data)
+    x = torch.stack([dataset[i][0] for i in chosen])
+    y = torch.tensor([dataset[i][1] for i in chosen])
     with torch.no_grad():
         probs = [F.softmax(m(x), 1) for m in (a, b)]
     for p, member in zip(probs + [(probs[0] + probs[1]) / 2], result["members"] + [result["ensemble"]]):

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
+import re
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -86,3 +92,47 @@ def test_export_command(tmp_path, capsys):
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         assert np.abs(run_ort(tmp_path / "c.onnx", x) - model(x).numpy()).max() < 1e-4
+
+
+def readme_onnx_example() -> str:
+    """The README's onnxruntime example, as a user would copy it."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    [code] = [block for block in re.findall(r"```python\n(.*?)```", text, re.S) if "onnxruntime" in block]
+    return code
+
+
+@pytest.mark.parametrize("name,size,style,image_size,std", [
+    ("resnet20", 28, "small", (60, 45), None),  # per-pixel mean, image resized and cropped to 28
+    ("resnet18", 64, "imagenet", (90, 120), [0.229, 0.224, 0.225]),  # per-channel mean and std, 73 then 64
+])
+def test_readme_onnx_example_gives_the_same_top5_as_predict(tmp_path, capsys, name, size, style, image_size, std):
+    from PIL import Image
+
+    from resnet.checkpoint import save_weights
+
+    model = randomize_bn(create_model(name, num_classes=12))
+    mean = torch.rand(3, size, size) if style == "small" else torch.tensor([0.485, 0.456, 0.406]).reshape(3, 1, 1)
+    meta = {"model": name, "options": model.options, "classes": [str(i) for i in range(12)],
+            "class_names": [f"thing {i}" for i in range(12)], "image_size": size, "style": style,
+            **({"input_std": std} if std else {})}
+    save_weights(tmp_path / "c.safetensors", model, meta, mean)
+    assert main(["export", "--checkpoint", str(tmp_path / "c.safetensors"), "--out", str(tmp_path / "c.onnx")]) == 0
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "c.onnx")).metadata_props}
+    np.testing.assert_allclose(np.array(json.loads(props["input_mean"])), mean.numpy(), atol=1e-7)
+    assert json.loads(props["input_size"]) == [3, size, size] and json.loads(props["class_names"])[3] == "thing 3"
+    assert ("input_std" in props) == bool(std) and ("divided by input_std" in capsys.readouterr().out) == bool(std)
+    w, h = image_size
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / "photo.png")
+    assert main(["predict", "--checkpoint", str(tmp_path / "c.safetensors"), str(tmp_path / "photo.png"),
+                 "--json"]) == 0
+    [predicted] = json.loads(capsys.readouterr().out)
+    code = readme_onnx_example().replace('onnx_file, image_file = "r56.onnx", "cat.jpg"',
+                                         f'onnx_file, image_file = {str(tmp_path / "c.onnx")!r}, '
+                                         f'{str(tmp_path / "photo.png")!r}')
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        exec(compile(code, "README.md", "exec"), {})
+    lines = output.getvalue().splitlines()
+    assert [line.strip().split("  ", 1)[1] for line in lines] == [t["class"] for t in predicted["top"]]
+    assert [float(line.split("%")[0]) for line in lines] == pytest.approx(
+        [100 * t["probability"] for t in predicted["top"]], abs=0.02)

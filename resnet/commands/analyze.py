@@ -14,7 +14,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--data", required=True, metavar="NAME", help="dataset the images come from")
     r.add_argument("--data-dir", metavar="PATH", help="where the dataset lives")
     r.add_argument("--split", default="test", choices=["train", "val", "test"], help="split (default: test)")
-    r.add_argument("--images", type=int, default=1000, metavar="N", help="first N images of the split (default: 1000)")
+    r.add_argument("--images", type=int, default=1000, metavar="N", help="a seeded, class-balanced sample of N images of the split (default: 1000)")
     r.add_argument("--batch-size", type=int, default=100, help="images per batch (default: 100)")
     r.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
     r.add_argument("--out", default="responses", metavar="DIR", help="writes DIR/responses.json and .png")

@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
     p.add_argument("--workers", type=int, help="data-loading processes (default: cores - 1, at most 8)")
-    p.add_argument("--limit", type=int, metavar="N", help="only the first N images")
+    p.add_argument("--limit", type=int, metavar="N", help="a seeded, class-balanced sample of N images")
     p.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
     p.add_argument("--download", action="store_true", help="download the dataset if it is missing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

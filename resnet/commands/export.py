@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
               f"{report['batchnorm_folded']} BN folded into convs")
         print(f"max |onnxruntime - pytorch| = {report['max_abs_diff']:.3g} (batches 1 and 3, random inputs; "
               f"limit {TOLERANCE:g}); BN folding alone: {report['fold_max_abs_diff']:.3g}")
-        print("inputs are expected mean-subtracted" + (" and divided by input_std" if meta.get("input_std") else "")
-              + " as in the checkpoint's metadata (stored in the ONNX file's metadata_props['resnet'])")
+        print("inputs: pixels on 0..1, shorter side resized to resize_size, centre crop to input_size, minus input_mean"
+              + (", divided by input_std" if "input_std" in report["metadata"] else "")
+              + f"; the ONNX file's metadata_props hold {', '.join(report['metadata'])}")
     return 0

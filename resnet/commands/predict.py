@@ -1,31 +1,50 @@
-"""Print the top classes (names and probabilities) of image files under a trained checkpoint."""
+"""Print the top classes (names and probabilities) of image files, or of every image in a folder, under a
+trained checkpoint. Each image gets the checkpoint's own test preprocessing (resize and crop to its
+training size; 256/224 for ImageNet-style nets) and is read upright (EXIF orientation).
+
+Images that would decode to more than --max-pixels pixels (default 64 million; JPEGs count at the
+reduced size they are decoded to) are refused with one line, as are decompression bombs."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
 
+from resnet.data.folder import MAX_PIXELS
 from resnet.evaluate.protocols import PROTOCOLS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format PIL reads)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format PIL reads) or folders of them")
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="a .safetensors checkpoint or a run directory")
     p.add_argument("--top", type=int, default=5, help="how many classes to show (default: 5)")
     p.add_argument("--protocol", default="center", choices=PROTOCOLS, help="test protocol (default: center)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--out", metavar="FILE", help="also write the results to FILE.json or FILE.csv")
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                   help=f"refuse images above this many pixels (default: {MAX_PIXELS:,})")
 
 
 def run(args: argparse.Namespace) -> int:
     from resnet import strictjson
     from resnet.checkpoint import load_model
     from resnet.device import resolve_device
-    from resnet.predict import format_predictions, predict
+    from resnet.predict import format_predictions, predict, write_predictions
 
-    if args.top < 1:
-        raise ValueError("--top must be positive")
+    for option in ("top", "batch_size", "max_pixels"):
+        if getattr(args, option) < 1:
+            raise ValueError(f"--{option.replace('_', '-')} must be positive")
+    if args.out and Path(args.out).suffix.lower() not in (".json", ".csv"):
+        raise ValueError(f"--out {args.out}: give a .json or .csv file name")
     resolve_device(args.device)
     model = load_model(args.checkpoint, args.device)
-    results = predict(model, args.images, args.top, args.protocol, args.device)
+    results = predict(model, args.images, args.top, args.protocol, args.device, args.batch_size, args.max_pixels)
     print(strictjson.dumps(results, indent=2) if args.json else format_predictions(results))
+    if args.out:
+        write_predictions(results, args.out)
+        print(f"wrote {args.out}", file=sys.stderr if args.json else sys.stdout)  # stdout stays JSON
     return 0

@@ -3,6 +3,7 @@
 Examples:
   resnet train --model resnet20 --data cifar10 --recipe paper-cifar --out runs/r20
   resnet train --model resnet20 --data fashion-mnist --epochs 3 --subset 5000
+  resnet train --model resnet20 --data folder --data-dir my-images      # small images: CIFAR protocol, native size
   resnet train --resume runs/r20
   torchrun --nproc_per_node=4 -m resnet train --model resnet50 --data imagenet --data-dir /data/imagenet --recipe paper-imagenet
 """
@@ -13,13 +14,45 @@ import argparse
 import typing
 from dataclasses import fields
 
-from resnet.commands.summary import add_model_options, model_options
-from resnet.train.recipes import RECIPES, Recipe, get_recipe
+from resnet.commands.options import add_model_options, model_options
+from resnet.train.recipes import (AUTO_FIELDS, CHOICES, PAPER_TRAIN_IMAGES, RECIPES, Recipe, get_recipe,
+                                  paper_epochs, scaled_lr)
 
 FIELD_HELP = {
-    "iters": "total iterations", "epochs": "total epochs (instead of --iters)", "subset": "train on the first N images",
-    "lr_drops": "fractions of training where lr is divided by 10", "device": "auto, cpu or cuda",
+    "batch_size": "global batch over all processes",
+    "lr": "initial learning rate (without --lr, a --batch-size other than the recipe's scales it linearly)",
+    "momentum": "SGD momentum", "weight_decay": "L2 weight decay",
+    "iters": "total iterations (folder/imagenet data: epochs unless given)",
+    "epochs": "total epochs (instead of --iters; folder/imagenet data default: the recipe's length in epochs of "
+              "the paper's data, 182 for paper-cifar, 120 for paper-imagenet)",
+    "schedule": "step: lr/10 at --lr-drops; plateau: lr/10 when validation error stalls",
+    "lr_drops": "fractions of training where lr is divided by 10",
+    "plateau_patience": "evaluations without improvement before lr/10 (plateau schedule)",
+    "warmup": "lr --warmup-lr until training error < --warmup-error (auto: ResNet-110 and deeper, as the paper)",
+    "warmup_lr": "learning rate during the warm-up", "warmup_error": "training error that ends the warm-up",
+    "val_split": "hold out part of the training set for model selection (45k/5k on CIFAR)",
+    "eval_every": "iterations between evaluations (default: once per epoch)",
+    "eval_subset": "evaluate on a seeded, class-balanced sample of N held-out images", "seed": "random seed (data order, augmentation, init)",
+    "subset": "train on a seeded, class-balanced sample of N images", "device": "where to train",
+    "amp": "mixed precision (auto: on CUDA and on CPUs with native bf16)", "amp_dtype": "autocast dtype",
+    "channels_last": "NHWC activations (auto: where mixed precision is on by default)",
+    "compile": "torch.compile the model", "sync_bn": "BN statistics over the global batch (several processes)",
+    "num_workers": "data-loader workers per process (auto: from the CPU count)",
+    "device_loader": "hold a small dataset as one tensor on the device (auto: small datasets)",
+    "log_every": "iterations between log lines when output is not a terminal",
+    "style": "folder/imagenet data: auto (small-image protocol for images up to 64 px), small (CIFAR protocol at "
+             "native size: pad 4, random crop, flip) or imagenet (scale augmentation, 224 crops)",
+    "image_size": "folder/imagenet data: the network's input side (auto: the images' size, or 224)",
 }
+
+
+def _defaults(name: str) -> str:
+    """Each recipe's value of a field, for --help: 'paper-cifar: 0.1, paper-imagenet: 0.1'."""
+    values = {recipe: getattr(r, name) for recipe, r in RECIPES.items()}
+    shown = {k: "auto" if v is None and name in AUTO_FIELDS else ("none" if v is None else v) for k, v in values.items()}
+    if len(set(map(str, shown.values()))) == 1:
+        return f"default: {next(iter(shown.values()))}"
+    return "default: " + ", ".join(f"{k} {v}" for k, v in shown.items())
 
 
 def _field_type(annotation: str) -> type:
@@ -38,13 +71,14 @@ def add_recipe_overrides(p: argparse.ArgumentParser) -> None:
             continue
         flag = "--" + f.name.replace("_", "-")
         kind = _field_type(str(f.type))
-        help_text = FIELD_HELP.get(f.name, f.name.replace("_", " "))
+        choices = CHOICES.get(f.name)
+        help_text = f"{FIELD_HELP.get(f.name, f.name.replace('_', ' '))} ({_defaults(f.name)})"
         if kind is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif str(f.type).startswith("tuple"):
             group.add_argument(flag, dest=f.name, type=float, nargs="+", default=None, help=help_text)
         else:
-            group.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text)
+            group.add_argument(flag, dest=f.name, type=kind, default=None, choices=choices, help=help_text)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -62,11 +96,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_recipe_overrides(p)
 
 
-def recipe_from_args(args: argparse.Namespace) -> Recipe:
+def defaults_for_data(args: argparse.Namespace) -> tuple[dict, list[str]]:
+    """Overrides that fit the data when not given (lr scaled with the batch; length in epochs for image
+    folders) and one line saying each."""
+    base, overrides, notes = RECIPES[args.recipe], {}, []
+    batch = getattr(args, "batch_size", None)
+    if batch is not None and args.lr is None and batch != base.batch_size:
+        overrides = scaled_lr(args.recipe, batch)
+        if args.warmup_lr is not None:
+            del overrides["warmup_lr"]
+        notes.append(f"lr {overrides['lr']:g}: {args.recipe}'s {base.lr:g} at batch {base.batch_size} scaled linearly "
+                     f"to batch {batch} (--lr to set it)")
+    if getattr(args, "data", None) in ("folder", "imagenet") and args.iters is None and args.epochs is None:
+        overrides["epochs"] = paper_epochs(args.recipe)
+        notes.append(f"length: {overrides['epochs']} epochs, {args.recipe}'s {base.iters:,} iterations at batch "
+                     f"{base.batch_size} over the paper's {PAPER_TRAIN_IMAGES[args.recipe]:,} images "
+                     f"(--epochs or --iters to set it)")
+    return overrides, notes
+
+
+def recipe_and_notes(args: argparse.Namespace) -> tuple[Recipe, list[str]]:
+    """The recipe the options ask for, and the notes on defaults fitted to the data."""
     overrides = {f.name: getattr(args, f.name) for f in fields(Recipe) if f.name != "name"}
     if overrides.get("lr_drops") is not None:
         overrides["lr_drops"] = tuple(overrides["lr_drops"])
-    return get_recipe(args.recipe, **overrides)
+    fitted, notes = defaults_for_data(args)
+    overrides.update(fitted)
+    return get_recipe(args.recipe, **overrides), notes
+
+
+def recipe_from_args(args: argparse.Namespace) -> Recipe:
+    return recipe_and_notes(args)[0]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,8 +139,13 @@ def run(args: argparse.Namespace) -> int:
         if given:
             print(f"resnet train: warning: a resumed run keeps its saved recipe; ignoring {' '.join(given)}",
                   file=sys.stderr)
+    recipe = None
+    if not args.resume:
+        recipe, notes = recipe_and_notes(args)
+        for note in notes:
+            print(note)
     try:
-        train(args.model, args.data, recipe=None if args.resume else recipe_from_args(args), out=args.out,
+        train(args.model, args.data, recipe=recipe, out=args.out,
               data_dir=args.data_dir, resume=args.resume, model_options=model_options(args),
               download=args.download, progress=args.progress, overwrite=args.overwrite)
     except Interrupted as e:

@@ -1,8 +1,13 @@
 """Datasets by name: what each one is (DatasetInfo), its splits, its images as tensors, and its training mean.
 
 The paper subtracts "the per-pixel mean" of the training set (sections 3.4 and 4.2): `pixel_mean`
-computes it once on the full official training set and caches it as a small safetensors file
-next to the data (or in ~/.cache/resnet when the data folder is read-only).
+computes it once on the full official training set and caches it as a small safetensors file in
+the user's cache folder ($XDG_CACHE_HOME/resnet or ~/.cache/resnet, never the data folder), keyed
+on the training files' names, sizes and modification times, so changed images give a new mean.
+
+An image folder (`folder`) picks its protocol from its images' size: up to SMALL_MAX_SIDE pixels,
+the CIFAR protocol at the images' native size ("small"); larger, the ImageNet protocol ("imagenet",
+224 crops). The options `style` and `image_size` override the choice.
 """
 
 from __future__ import annotations
@@ -30,11 +35,14 @@ OPTIONS = {
     "cifar10": set(),
     "cifar100": set(),
     "fashion-mnist": set(),
-    "imagenet": {"image_size", "draft"},
-    "folder": {"image_size", "draft"},
+    "imagenet": {"image_size", "draft", "style"},
+    "folder": {"image_size", "draft", "style"},
     "synthetic": {"num_classes", "image_size", "length", "channels"},
 }
-MEAN_VERSION = "1"
+TREES = ("imagenet", "folder")  # read from image files on access
+STYLES = ("auto", "small", "imagenet")
+SMALL_MAX_SIDE = 64  # a folder of images up to this size trains at native size with the CIFAR protocol
+MEAN_VERSION = "2"
 
 
 @dataclass
@@ -140,11 +148,80 @@ def _tree_root(name: str, data_dir: str | Path | None) -> Path:
     return root
 
 
-def _tree_info(name: str, data_dir: str | Path | None, image_size: int = 224, draft: int | None = None) -> DatasetInfo:
+def _median(values: list[int]) -> int:
+    return sorted(values)[len(values) // 2]
+
+
+def choose_style(sizes: list[tuple[int, int]], style: str | None = None, image_size: int | None = None,
+                 default: str = "auto") -> tuple[str, int, str]:
+    """(style, image_size, reason): the options when given, else from the images' typical (median) size."""
+    from resnet.data.transforms import PAPER_CROP
+
+    style = style or default
+    if style not in STYLES:
+        raise ValueError(f"invalid --style {style!r}; allowed: {', '.join(STYLES)}")
+    if image_size is not None and image_size < 1:
+        raise ValueError(f"invalid --image-size {image_size}; must be a positive integer")
+    longer = _median([max(s) for s in sizes]) if sizes else None
+    shorter = _median([min(s) for s in sizes]) if sizes else None
+    seen = f"images about {shorter}x{longer} px (median of {len(sizes)} sampled)" if sizes else "no image sizes read"
+    reason = f"--style {style}" if style != "auto" else ""
+    if style == "auto":
+        if image_size is not None:
+            style, reason = ("small" if image_size <= SMALL_MAX_SIDE else "imagenet"), f"--image-size {image_size}"
+        else:
+            style = "small" if longer is not None and longer <= SMALL_MAX_SIDE else "imagenet"
+            reason = f"{seen}; small-image protocol up to {SMALL_MAX_SIDE} px"
+    if image_size is None:
+        image_size = min(shorter or 32, SMALL_MAX_SIDE) if style == "small" else PAPER_CROP
+    else:
+        reason += f", --image-size {image_size}" if "--image-size" not in reason else ""
+    return style, image_size, reason
+
+
+def _tree_info(name: str, data_dir: str | Path | None, image_size: int | None = None, draft: int | None = None,
+               style: str | None = None) -> DatasetInfo:
     root = _tree_root(name, data_dir)
     classes = folder.folder_classes(root / "train")
     names = folder.class_words(root, classes) if name == "imagenet" else classes
-    return DatasetInfo(name, classes, names, 3, image_size, "imagenet", str(root))
+    sizes = folder.sample_sizes(root / "train", classes) if name == "folder" else []
+    style, image_size, reason = choose_style(sizes, style, image_size, "auto" if name == "folder" else "imagenet")
+    return DatasetInfo(name, classes, names, 3, image_size, style, str(root), {"style_from": reason})
+
+
+def describe_input(info: DatasetInfo) -> str:
+    """One line: the protocol a run uses for this data, its input size and why (printed at the start of training)."""
+    from resnet.data.transforms import CIFAR_PAD, _scale_range, default_resize
+
+    s = info.image_size
+    if info.style == "small":
+        what = (f"small-image protocol at {s}x{s} (images fitted to {s}x{s}, pad {CIFAR_PAD}, random crop, flip; "
+                f"test: the image itself)")
+    else:
+        lo, hi = _scale_range(s)
+        what = (f"ImageNet protocol with {s}x{s} crops (shorter side in [{lo}, {hi}], flip, colour; "
+                f"test: shorter side {default_resize(s)}, centre crop)")
+    why = info.extra.get("style_from")
+    return f"{what}{f' - from {why}' if why else ''}"
+
+
+def protocol_options(name: str, style: str = "auto", image_size: int | None = None) -> dict:
+    """Dataset options for a run's `--style`/`--image-size`: image trees take both, synthetic the size."""
+    if name in TREES:
+        return {"style": style, **({"image_size": image_size} if image_size else {})}
+    if name == "synthetic" and style == "auto":
+        return {"image_size": image_size} if image_size else {}
+    if style != "auto" or image_size:
+        raise ValueError(f"--style and --image-size apply to folder and imagenet data; {name} has its own size "
+                         f"and protocol")
+    return {}
+
+
+def held_out_splits(name: str, val_split: bool) -> dict[str, str]:
+    """Evaluation name -> split evaluated during training: a folder's val/ is evaluated once, as "val"."""
+    if name in TREES:
+        return {"val": "val"}
+    return {"val": "val", "test": "test"} if val_split else {"test": "test"}
 
 
 def dataset_info(name: str, data_dir: str | Path | None = None, *, download: bool = False, **options) -> DatasetInfo:
@@ -233,9 +310,14 @@ def get_dataset(
     val_split: bool = False,
     seed: int = 0,
     strict: bool = False,
+    skip_unreadable: bool = False,
     **options,
 ) -> Dataset:
-    """A split of a dataset by name; items are (image, label), the image a uint8 tv_tensors.Image before `transform`."""
+    """A split of a dataset by name; items are (image, label), the image a uint8 tv_tensors.Image before `transform`.
+
+    For image trees, `skip_unreadable` makes an unreadable file a `folder.Unreadable` item instead of
+    the next readable image (evaluation leaves it out and names it).
+    """
     _check(name, split, options)
     if name in SMALL and name != "synthetic":
         images, labels, info = load_tensors(name, split, data_dir, download=download, val_split=val_split, seed=seed)
@@ -245,7 +327,8 @@ def get_dataset(
         return SyntheticImages(info, info.extra["length"], seed, split, transform)
     draft = options.pop("draft", None)
     info = _tree_info(name, data_dir, **options)
-    dataset = folder.ImageTree(_tree_samples(info, split), info, transform, strict=strict, draft=draft)
+    dataset = folder.ImageTree(_tree_samples(info, split), info, transform, strict=strict, draft=draft,
+                               skip_unreadable=skip_unreadable)
     if not dataset.samples:
         raise FileNotFoundError(f"{name}: no images for split {split} under {info.root}")
     return dataset
@@ -255,29 +338,35 @@ def get_dataset(
 
 
 def cache_home() -> Path:
-    """Where computed means go when the data folder is read-only: $XDG_CACHE_HOME/resnet or ~/.cache/resnet."""
+    """Where computed means are cached: $XDG_CACHE_HOME/resnet or ~/.cache/resnet (never the data folder)."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "resnet"
 
 
-def _fingerprint(info: DatasetInfo) -> str:
-    """Changes when the training files change: their sizes and mtimes (class folders' mtimes for trees)."""
+def _training_files(info: DatasetInfo) -> list[Path]:
+    """The files the training split is read from."""
     root = Path(info.root)
     if info.name in small.CIFAR:
-        paths = [root / f for f in small.cifar_files(info.name, "train")]
-    elif info.name == "fashion-mnist":
-        paths = sorted(p for p in root.iterdir() if p.name.startswith("train-"))
-    else:
-        paths = [root / "train" / c for c in info.classes]
-    stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
-    return hashlib.sha1(json.dumps(stats).encode()).hexdigest()
+        return [root / f for f in small.cifar_files(info.name, "train")]
+    if info.name == "fashion-mnist":
+        return sorted(p for p in root.iterdir() if p.name.startswith("train-"))
+    return [Path(path) for path, _ in _tree_samples(info, "train")]
 
 
-def _mean_path(info: DatasetInfo) -> Path:
-    root = Path(info.root).resolve()
-    if os.access(root, os.W_OK) and not root.is_relative_to("/usr"):  # never write into a system package's folder
-        return root / f"resnet-mean-{info.name}.safetensors"
-    key = hashlib.sha1(str(root).encode()).hexdigest()[:12]
-    return cache_home() / f"mean-{info.name}-{key}.safetensors"
+def _fingerprint(info: DatasetInfo) -> str:
+    """A key for the training split's content: every file's path (relative to the root), size and mtime, and
+    what the mean is computed for (dataset, style, image size)."""
+    root = Path(info.root)
+    stats = []
+    for path in _training_files(info):
+        stat = path.stat()
+        stats.append((os.path.relpath(path, root), stat.st_size, stat.st_mtime_ns))
+    key = {"dataset": info.name, "split": "train", "style": info.style, "image_size": info.image_size,
+           "version": MEAN_VERSION, "files": stats}
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()
+
+
+def _mean_path(info: DatasetInfo, fingerprint: str) -> Path:
+    return cache_home() / f"mean-{info.name}-{fingerprint[:24]}.safetensors"
 
 
 def _read_cached_mean(path: Path, meta: dict) -> torch.Tensor | None:
@@ -300,6 +389,11 @@ def _write_cached_mean(path: Path, mean: torch.Tensor, meta: dict) -> None:
 
 
 def _compute_mean(name: str, info: DatasetInfo, data_dir, options: dict) -> torch.Tensor:
+    if name in TREES:
+        dataset = folder.ImageTree(_tree_samples(info, "train"), info)
+        if info.style == "small":
+            return folder.mean_image(dataset, info.image_size)
+        return folder.channel_mean(dataset)
     if info.style == "small":
         images, _, _ = load_tensors(name, "train", data_dir, **options)
         total = torch.zeros(images.shape[1:], dtype=torch.float64)
@@ -310,20 +404,19 @@ def _compute_mean(name: str, info: DatasetInfo, data_dir, options: dict) -> torc
         data = SyntheticImages(info, info.extra["length"], 0, "train")
         sums = torch.stack([data.image(i).double().mean(dim=(1, 2)) for i in range(min(len(data), 10_000))])
         return (sums.mean(0) / 255).float()[:, None, None]
-    dataset = folder.ImageTree(_tree_samples(info, "train"), info)
-    return folder.channel_mean(dataset)
 
 
 def pixel_mean(name: str, data_dir: str | Path | None = None, **options) -> torch.Tensor:
-    """The training set's mean image on 0..1: [C,H,W] per pixel for small datasets, [C,1,1] per channel for ImageNet style."""
+    """The training set's mean image on 0..1: [C,H,W] per pixel for small-style data, [C,1,1] per channel for ImageNet style."""
     download = options.pop("download", False)
     for ignored in ("val_split", "seed", "strict"):  # the mean is always that of the full official training set
         options.pop(ignored, None)
     info = dataset_info(name, data_dir, download=download, **options)
     if info.root is None:
         return _compute_mean(name, info, data_dir, options)
-    meta = {"dataset": name, "style": info.style, "fingerprint": _fingerprint(info), "version": MEAN_VERSION}
-    path = _mean_path(info)
+    fingerprint = _fingerprint(info)
+    meta = {"dataset": name, "style": info.style, "fingerprint": fingerprint, "version": MEAN_VERSION}
+    path = _mean_path(info, fingerprint)
     mean = _read_cached_mean(path, meta)
     if mean is None:
         mean = _compute_mean(name, info, data_dir, options)

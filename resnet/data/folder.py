@@ -1,23 +1,30 @@
 """Image trees on disk: `folder` (ImageFolder layout) and `imagenet` (ILSVRC2012 as people have it).
 
 Decoding is fault tolerant (a corrupt file is skipped with a warning, or raises with strict=True),
-converts every mode (L, CMYK, P, RGBA, ...) to RGB, and decodes large JPEGs at reduced size with
-PIL's draft mode when the transform only needs a smaller image.
+applies the EXIF orientation, scales 16-bit images to 8 bits, converts every mode (L, CMYK, P,
+RGBA, ...) to RGB, refuses images above MAX_PIXELS with one line, and decodes large JPEGs at
+reduced size with PIL's draft mode when the transform only needs a smaller image. Folders are
+scanned with symlinks followed, each real folder and file once, so a symlink loop cannot hang.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import os
+import random
 import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 DEVKIT = "ILSVRC2012_devkit_t12"
@@ -25,6 +32,10 @@ GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
 KAGGLE_SOLUTION = "LOC_val_solution.csv"
 KAGGLE_SYNSETS = "LOC_synset_mapping.txt"
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+MAX_PIXELS = 64_000_000  # the most pixels an image may decode to (after JPEG draft); larger ones are refused
+ORIENTATION = 0x0112  # the EXIF orientation tag
+# PIL warns from 89M pixels and refuses from 179M; we refuse above MAX_PIXELS in one line instead of the warning
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def draft_box(size: tuple[int, int], min_side: int) -> tuple[int, int]:
@@ -34,23 +45,74 @@ def draft_box(size: tuple[int, int], min_side: int) -> tuple[int, int]:
     return max(1, math.ceil(w * min_side / shorter)), max(1, math.ceil(h * min_side / shorter))
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any PIL mode (L, CMYK, P, RGBA, I;16, ...) to RGB; palette transparency goes through RGBA."""
+def scale_16bit(image: Image.Image) -> Image.Image:
+    """A 16-bit grayscale image (modes I;16*, I) as 8-bit L: value / 257, rounded (PIL's convert would clip)."""
+    values = np.asarray(image).astype(np.int64).clip(0, 65535)
+    return Image.fromarray(((values + 128) // 257).astype(np.uint8), mode="L")
+
+
+def to_mode(image: Image.Image, mode: str = "RGB") -> Image.Image:
+    """Convert any PIL mode (L, CMYK, P, RGBA, I;16, ...) to RGB or L; palette transparency goes through RGBA."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        image = scale_16bit(image)
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
-    return image.convert("RGB")
+    return image.convert(mode)
 
 
-def decode_image(path: str | Path, min_side: int | None = None) -> Image.Image:
-    """Open an image file as RGB, decoding a JPEG at reduced size when its shorter side may shrink to min_side."""
-    with Image.open(path) as image:
+def open_checked(path: str | Path, min_side: int | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open an image lazily (header only), set JPEG draft for min_side, and refuse it above max_pixels.
+
+    Raises ValueError naming the file: not an image, a decompression bomb, or too many pixels.
+    """
+    try:
+        image = Image.open(path)
         if min_side and min(image.size) > 2 * min_side:
             image.draft("RGB", draft_box(image.size, min_side))
-        return to_rgb(image)
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"{path}: refused as a possible decompression bomb ({error})") from None
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such image file") from None
+    except DECODE_ERRORS as error:
+        reason = "" if isinstance(error, UnidentifiedImageError) else f" ({str(error).splitlines()[0]})"
+        raise ValueError(f"{path}: not an image PIL can read{reason}") from None
+    w, h = image.size
+    if w * h > max_pixels:
+        image.close()
+        raise ValueError(f"{path}: {w}x{h} is {w * h:,} pixels, above the limit of {max_pixels:,} "
+                         f"(predict --max-pixels)")
+    return image
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation tag says (what a photo viewer shows)."""
+    if image.getexif().get(ORIENTATION, 1) != 1:
+        image = ImageOps.exif_transpose(image)
+    return image
+
+
+def decode_image(path: str | Path, min_side: int | None = None, mode: str = "RGB",
+                 max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode an image file upright as RGB (or L), at reduced size for a JPEG whose shorter side may shrink to min_side."""
+    with open_checked(path, min_side, max_pixels) as image:
+        try:
+            return to_mode(upright(image), mode)
+        except DECODE_ERRORS as error:
+            raise ValueError(f"{path}: cannot decode ({str(error).splitlines()[0]})") from None
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """Stands in for a file that could not be decoded, so that evaluation can leave it out and name it."""
+
+    path: str
+    reason: str
 
 
 class ImageTree(Dataset):
-    """(path, label) samples decoded on access; unreadable files are skipped (warned, counted) or raise if strict."""
+    """(path, label) samples decoded on access; an unreadable file raises (strict), becomes an `Unreadable`
+    item (skip_unreadable: evaluation counts only what it read), or is replaced by the next readable one
+    (training, so batches keep their size; warned once per file)."""
 
     def __init__(
         self,
@@ -60,12 +122,14 @@ class ImageTree(Dataset):
         *,
         strict: bool = False,
         draft: int | None = None,
+        skip_unreadable: bool = False,
     ) -> None:
         self.samples = samples
         self.targets = [label for _, label in samples]
         self.info = info
         self.transform = transform
         self.strict = strict
+        self.skip_unreadable = skip_unreadable
         self.draft = draft if draft is not None else getattr(transform, "min_side", None)
         self.bad: set[str] = set()
 
@@ -82,12 +146,21 @@ class ImageTree(Dataset):
         path = self.samples[index][0]
         try:
             return tv_tensors.Image(pil_to_tensor(decode_image(path, self.draft)))
-        except DECODE_ERRORS as error:
-            raise ValueError(f"cannot read image {path}: {error}") from None
+        except DECODE_ERRORS as error:  # decode_image names the file; OSError and others from PIL do not
+            message = str(error) if str(path) in str(error) else f"{path}: {error}"
+            raise ValueError(f"cannot read image {message}") from None
 
     def __getitem__(self, index: int) -> tuple[object, int]:
         if not -len(self.samples) <= index < len(self.samples):
             raise IndexError(index)
+        if self.skip_unreadable:
+            try:
+                image = self.load(index)
+            except ValueError as error:
+                if self.strict:
+                    raise
+                return Unreadable(self.samples[index][0], str(error)), self.samples[index][1]
+            return (self.transform(image) if self.transform else image), self.samples[index][1]
         for offset in range(len(self.samples)):
             i = (index + offset) % len(self.samples)
             path, label = self.samples[i]
@@ -105,14 +178,91 @@ class ImageTree(Dataset):
         raise ValueError(f"no readable image among the {len(self.samples)} files of {self.info.root}")
 
 
+def _key(path: str | Path) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino
+
+
+def iter_images(directory: str | Path, outside: Iterable[str | Path] = ()) -> Iterator[str]:
+    """Image files under directory, sub-folders and symlinks followed, each real folder and file visited once;
+    folders in `outside` (the split's top and the other classes) are never entered."""
+    seen_dirs: set[tuple[int, int]] = {_key(p) for p in outside if os.path.isdir(p)}
+    seen_files: set[tuple[int, int]] = set()
+    for top, dirs, files in os.walk(directory, followlinks=True):
+        if _key(top) in seen_dirs:  # a symlink back into visited folders: a loop or a repeat
+            dirs[:] = []
+            continue
+        seen_dirs.add(_key(top))
+        dirs.sort()
+        for name in sorted(files):
+            if not name.lower().endswith(IMG_EXTENSIONS):
+                continue
+            path = os.path.join(top, name)
+            try:
+                stat = os.stat(path)
+            except OSError:  # a dangling symlink
+                continue
+            if (stat.st_dev, stat.st_ino) not in seen_files:
+                seen_files.add((stat.st_dev, stat.st_ino))
+                yield path
+
+
+def image_files(directory: str | Path, outside: Iterable[str | Path] = ()) -> list[str]:
+    """Sorted paths of the image files under directory (see iter_images)."""
+    return sorted(iter_images(directory, outside))
+
+
+def has_readable_image(directory: Path, outside: Iterable[str | Path] = ()) -> bool:
+    """True if some image file under directory opens with PIL (stops at the first one that does)."""
+    for path in iter_images(directory, outside):
+        try:
+            Image.open(path).close()
+            return True
+        except DECODE_ERRORS:
+            continue
+    return False
+
+
 def class_folder_samples(directory: Path, class_to_idx: dict[str, int]) -> list[tuple[str, int]]:
-    """(path, label) for every image in directory/<class>/, using torchvision's ImageFolder scan."""
-    return make_dataset(str(directory), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+    """(path, label) for every image in directory/<class>/ (any depth), class by class, paths sorted; symlinks
+    to the top or to another class are not followed."""
+    samples = []
+    for name, label in sorted(class_to_idx.items(), key=lambda item: item[1]):
+        if (directory / name).is_dir():
+            outside = [directory, *(directory / other for other in class_to_idx if other != name)]
+            samples += [(path, label) for path in image_files(directory / name, outside)]
+    return samples
 
 
 def folder_classes(directory: Path) -> list[str]:
-    """The sorted class folder names under directory (ImageFolder's rule)."""
-    return find_classes(str(directory))[0]
+    """The sorted class folder names under directory; a folder without a readable image is warned about and left out."""
+    classes = []
+    folders = sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for folder in folders:
+        if has_readable_image(folder, [directory, *(f for f in folders if f != folder)]):
+            classes.append(folder.name)
+        else:
+            warnings.warn(f"{folder}: no readable image in this class folder; it is not a class", stacklevel=2)
+    if not classes:
+        raise FileNotFoundError(f"{directory}: no class folder holds a readable image")
+    return classes
+
+
+def sample_sizes(directory: Path, classes: list[str], per_class: int = 8, max_classes: int = 16,
+                 seed: int = 0) -> list[tuple[int, int]]:
+    """(w, h) read from the headers of a few images of a few classes (seeded): enough to see the data's size."""
+    chosen = random.Random(seed).sample(classes, min(max_classes, len(classes)))
+    sizes = []
+    for name in sorted(chosen):
+        for count, path in enumerate(iter_images(directory / name, [directory])):
+            if count == per_class:
+                break
+            try:
+                with Image.open(path) as image:
+                    sizes.append(image.size)
+            except DECODE_ERRORS:
+                continue
+    return sizes
 
 
 def has_class_folders(directory: Path) -> bool:
@@ -202,24 +352,35 @@ def flat_val_samples(root: Path, val: Path, class_to_idx: dict[str, int]) -> lis
     return samples
 
 
-def channel_mean(dataset: ImageTree, max_images: int = 10_000, side: int = 64, seed: int = 0) -> torch.Tensor:
-    """Per-channel mean [3,1,1] on 0..1 of up to max_images images (chosen by seed), each resized to shorter side `side`."""
+def _mean_over(dataset: ImageTree, side: int, max_images: int, seed: int, reduce: Callable) -> torch.Tensor:
+    """The mean on 0..1 of reduce(image resized to shorter side `side`) over up to max_images images (chosen
+    by seed); unreadable files are warned about and left out."""
     from torchvision.transforms.v2 import functional as F
     from tqdm import tqdm
 
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:max_images]
-    total = torch.zeros(3, dtype=torch.float64)
-    count = 0
-    for i in tqdm(order.tolist(), desc=f"pixel mean of {dataset.info.name}", unit="img", leave=False):
+    total, count = 0.0, 0
+    for i in tqdm(order.tolist(), desc=f"pixel mean of {dataset.info.name}", unit="img", leave=False, disable=None):
         path = dataset.samples[i][0]
         try:
             image = pil_to_tensor(decode_image(path, side))
         except DECODE_ERRORS as error:
             warnings.warn(f"pixel mean: skipping unreadable image {path}: {error}", stacklevel=2)
             continue
-        image = F.resize(image, side, antialias=True)
-        total += image.double().mean(dim=(1, 2))
+        total = total + reduce(F.resize(image, side, antialias=True).double())
         count += 1
     if count == 0:
         raise ValueError(f"no readable training image in {dataset.info.root}")
-    return (total / count / 255).float()[:, None, None]
+    return (total / count / 255).float()
+
+
+def mean_image(dataset: ImageTree, size: int, max_images: int = 50_000, seed: int = 0) -> torch.Tensor:
+    """Per-pixel mean [3,size,size] on 0..1 of up to max_images images (chosen by seed), each fitted to size x size."""
+    from torchvision.transforms.v2 import functional as F
+
+    return _mean_over(dataset, size, max_images, seed, lambda image: F.center_crop(image, size))
+
+
+def channel_mean(dataset: ImageTree, max_images: int = 10_000, side: int = 64, seed: int = 0) -> torch.Tensor:
+    """Per-channel mean [3,1,1] on 0..1 of up to max_images images (chosen by seed), each resized to shorter side `side`."""
+    return _mean_over(dataset, side, max_images, seed, lambda image: image.mean(dim=(1, 2)))[:, None, None]

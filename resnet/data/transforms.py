@@ -90,6 +90,16 @@ def resize_shorter(size: int) -> v2.Transform:
     return v2.Resize(size, antialias=True)
 
 
+def default_resize(crop: int) -> int:
+    """The test resize for an ImageNet-style crop: the paper's 256 for 224, in proportion otherwise."""
+    return round(256 * crop / PAPER_CROP)
+
+
+def fit(size: int) -> v2.Compose:
+    """A small-style image at its network size: shorter side resized to `size`, centre crop (identity at size x size)."""
+    return v2.Compose([resize_shorter(size), v2.CenterCrop(size)])
+
+
 def _with_min_side(transform: v2.Compose, min_side: int | None) -> v2.Compose:
     transform.min_side = min_side
     return transform
@@ -108,6 +118,7 @@ def train_transform(info: DatasetInfo, mean: torch.Tensor) -> Callable:
             v2.Compose(
                 [
                     v2.ToImage(),
+                    fit(info.image_size),
                     v2.RandomCrop(info.image_size, padding=CIFAR_PAD),
                     v2.RandomHorizontalFlip(),
                     v2.ToDtype(torch.float32, scale=True),
@@ -115,7 +126,7 @@ def train_transform(info: DatasetInfo, mean: torch.Tensor) -> Callable:
                     v2.ToPureTensor(),
                 ]
             ),
-            None,
+            info.image_size,
         )
     lo, hi = _scale_range(info.image_size)
     return _with_min_side(
@@ -136,14 +147,16 @@ def train_transform(info: DatasetInfo, mean: torch.Tensor) -> Callable:
 
 
 def test_transform(info: DatasetInfo, mean: torch.Tensor, resize: int | None = None, crop: int | None = None) -> Callable:
-    """The paper's single-view test input: the image itself (small) or shorter side 256, centre 224 crop (ImageNet)."""
+    """The paper's single-view test input: the image itself (small; fitted to the network's size) or shorter
+    side 256, centre 224 crop (ImageNet)."""
     if info.style == "small":
         return _with_min_side(
-            v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), MeanSubtract(mean), v2.ToPureTensor()]),
-            None,
+            v2.Compose([v2.ToImage(), fit(info.image_size), v2.ToDtype(torch.float32, scale=True), MeanSubtract(mean),
+                        v2.ToPureTensor()]),
+            info.image_size,
         )
     crop = crop or info.image_size
-    resize = resize or round(256 * crop / PAPER_CROP)
+    resize = resize or default_resize(crop)
     return _with_min_side(
         v2.Compose(
             [

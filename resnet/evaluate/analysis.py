@@ -104,7 +104,8 @@ def analyze_responses(checkpoints: Sequence[str | Path], data: str, *, data_dir:
                       split: str = "test", images: int = 1000, batch_size: int = 100, device: str = "cpu",
                       out: str | Path = "responses", progress: bool = True, download: bool = False,
                       data_options: dict | None = None) -> dict:
-    """`resnet analyze responses`: each checkpoint's layer responses on the first `images` images of a split.
+    """`resnet analyze responses`: each checkpoint's layer responses on `images` images of a split
+    (a seeded, class-balanced sample).
 
     Images go through the `center` test protocol and the checkpoint's own normalisation.
     Writes `responses.json` and `responses.png` under `out`.
@@ -113,8 +114,9 @@ def analyze_responses(checkpoints: Sequence[str | Path], data: str, *, data_dir:
 
     from resnet.data import get_dataset
     from resnet.evaluate.preprocess import input_norm
-    from resnet.evaluate.protocols import get_protocol
     from resnet import strictjson
+    from resnet.data.sampling import balanced_subset
+    from resnet.evaluate.protocols import checkpoint_protocol
     from resnet.checkpoint import atomic_write_text, load_model
     from resnet.data import dataset_info
     from resnet.evaluate.runner import check_compatible
@@ -131,14 +133,13 @@ def analyze_responses(checkpoints: Sequence[str | Path], data: str, *, data_dir:
         info = dataset_info(data, data_dir, download=download, **(data_options or {}))
         check_compatible(model, str(path), len(info.classes), info.channels)
         norm = input_norm(model, fallback).to(device)
-        style = meta.get("style") or ("small" if model.spec.family == "cifar" else "imagenet")
-        protocol = get_protocol("center", style, meta.get("image_size"))
+        protocol = checkpoint_protocol(model, "center")
         dataset = get_dataset(data, split, data_dir, transform=protocol.prepare, download=download,
                               **(data_options or {}))
-        dataset = torch.utils.data.Subset(dataset, range(min(images, len(dataset))))
+        dataset = balanced_subset(dataset, images, seed=0)
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
         batches = (norm(views.flatten(0, 1).to(device)) for views, _ in
-                   tqdm(loader, desc=f"responses {meta.get('model')}", disable=not progress))
+                   tqdm(loader, desc=f"responses {meta.get('model')}", disable=None if progress else True))
         layers = layer_responses(model, batches, device)
         networks.append({"checkpoint": str(path), "model": meta.get("model"), "label": meta.get("model") or str(path),
                          "residual": bool(model.spec.residual), "images": len(dataset), "layers": layers})

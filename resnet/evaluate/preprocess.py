@@ -36,10 +36,17 @@ class InputNorm(nn.Module):
         return (x - mean) / self.std
 
 
+def input_std(model: nn.Module) -> torch.Tensor | None:
+    """A checkpoint's `input_std` ([C,1,1]): the model's attribute, else its metadata's list, else None."""
+    std = getattr(model, "input_std", None)
+    if std is None:
+        std = (getattr(model, "meta", None) or {}).get("input_std")
+    return None if std is None else torch.as_tensor(std, dtype=torch.float32).reshape(-1, 1, 1)
+
+
 def input_norm(model: nn.Module, fallback_mean: torch.Tensor | None = None) -> InputNorm:
     """The normalisation a loaded checkpoint expects: its `input_mean` (else `fallback_mean`) and `input_std`."""
     mean = getattr(model, "input_mean", None)
     if mean is None:
         mean = fallback_mean
-    std = (getattr(model, "meta", None) or {}).get("input_std")
-    return InputNorm(mean, std)
+    return InputNorm(mean, input_std(model))

@@ -1,6 +1,7 @@
 """The paper's test protocols (section 3.4), as views of one image and the scores averaged over them.
 
-- `center`: shorter side resized to 256, the central 224x224 crop (CIFAR-size data: the image itself).
+- `center`: shorter side resized to 256, the central 224x224 crop (CIFAR-size data: the image itself,
+  fitted to the network's size first when it has another size: shorter side resized, centre crop).
 - `10crop`: the four corner crops and the centre crop of the 256-resized image, and their flips
   (torchvision's TenCrop). For CIFAR-size data the crops are taken from the image padded with 4 zero
   pixels on each side, the same padding the training augmentation crops from (section 4.2).
@@ -25,6 +26,8 @@ from torch import nn
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from resnet import precision
+from resnet.data.transforms import default_resize, fit
 from resnet.evaluate.preprocess import InputNorm
 
 PAPER_SCALES = (224, 256, 384, 480, 640)
@@ -54,14 +57,24 @@ def fully_convolutional(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def softmax_scores(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Class probabilities [N, K] for a normalised batch (computed in float32)."""
-    return F.softmax(fully_convolutional(model, x).float(), dim=1)
+    """Class probabilities [N, K] for a normalised batch, on the device's fast path (softmax in float32)."""
+    if precision.channels_last(x.device, None):
+        x = x.contiguous(memory_format=torch.channels_last)
+    with precision.autocast(x.device, precision.amp_dtype(x.device, None)):
+        logits = fully_convolutional(model, x)
+    return F.softmax(logits.float(), dim=1)
+
+
+def default_crop(style: str) -> int:
+    """The network input side when a checkpoint does not say: CIFAR's 32 (small style) or the paper's 224."""
+    return 32 if style == "small" else 224
 
 
 class Protocol:
     """Views of one image (`prepare`, run by the data loader) and their averaged scores (`scores`)."""
 
     name = ""
+    min_side: int | None = None  # the smallest shorter side the views need (JPEGs may be decoded down to it)
 
     def prepare(self, image) -> torch.Tensor | list[torch.Tensor]:
         raise NotImplementedError
@@ -82,13 +95,15 @@ class Center(Protocol):
 
     name = "center"
 
-    def __init__(self, style: str = "imagenet", crop: int = 224, resize: int | None = None) -> None:
+    def __init__(self, style: str = "imagenet", crop: int | None = None, resize: int | None = None) -> None:
         self.style = style
+        crop = crop or default_crop(style)
         if style == "small":
-            self.geometry: nn.Module = nn.Identity()
+            self.geometry: nn.Module = fit(crop)
+            self.min_side = crop
         else:
-            self.geometry = v2.Compose([v2.Resize(resize or round(crop * 256 / 224), antialias=True),
-                                        v2.CenterCrop(crop)])
+            self.min_side = resize or default_resize(crop)
+            self.geometry = v2.Compose([v2.Resize(self.min_side, antialias=True), v2.CenterCrop(crop)])
 
     def prepare(self, image) -> torch.Tensor:
         return to_float(self.geometry(to_image(image)))[None]
@@ -99,18 +114,19 @@ class TenCrop(Protocol):
 
     name = "10crop"
 
-    def __init__(self, style: str = "imagenet", crop: int = 224, resize: int | None = None,
+    def __init__(self, style: str = "imagenet", crop: int | None = None, resize: int | None = None,
                  pad: int = SMALL_PAD) -> None:
+        crop = crop or default_crop(style)
         self.style, self.crop, self.pad = style, crop, pad
-        self.resize = None if style == "small" else v2.Resize(resize or round(crop * 256 / 224), antialias=True)
+        self.min_side = crop if style == "small" else resize or default_resize(crop)
+        self.resize = fit(crop) if style == "small" else v2.Resize(self.min_side, antialias=True)
 
     def prepare(self, image) -> torch.Tensor:
-        image = to_image(image)
+        image = self.resize(to_image(image))
         if self.style == "small":
             size = tuple(image.shape[-2:])
             image = TF.pad(image, [self.pad])
         else:
-            image = self.resize(image)
             size = (self.crop, self.crop)
         return to_float(torch.stack(list(TF.ten_crop(image, list(size)))))
 
@@ -125,6 +141,7 @@ class MultiScale(Protocol):
             raise ValueError(f"invalid --scales {list(scales)}: need positive sizes")
         self.scales = tuple(int(s) for s in scales)
         self.flip = flip
+        self.min_side = max(self.scales)
         self.resizes = [v2.Resize(s, antialias=True) for s in self.scales]
 
     def prepare(self, image) -> list[torch.Tensor]:
@@ -163,15 +180,29 @@ PROTOCOLS = ("center", "10crop", "multiscale")
 
 
 def get_protocol(name: str, style: str = "imagenet", image_size: int | None = None,
-                 scales: Sequence[int] | None = None) -> Protocol:
-    """A protocol by name for data of `style` ("small" CIFAR-size or "imagenet") and crop size `image_size`."""
-    crop = image_size or (32 if style == "small" else 224)
+                 scales: Sequence[int] | None = None, resize: int | None = None) -> Protocol:
+    """A protocol by name for data of `style` ("small" CIFAR-size or "imagenet"), crop size `image_size`
+    and test resize `resize` (ImageNet style; default 256 for 224 crops, in proportion otherwise)."""
+    crop = image_size or default_crop(style)
     if name == "center":
-        return Center(style, crop)
+        return Center(style, crop, resize)
     if name == "10crop":
-        return TenCrop(style, crop)
+        return TenCrop(style, crop, resize)
     if name == "multiscale":
         if scales is None:
             scales = (crop,) if style == "small" else PAPER_SCALES
         return MultiScale(scales)
     raise ValueError(f"unknown protocol {name!r}; choose one of {', '.join(PROTOCOLS)}")
+
+
+def checkpoint_protocol(model: nn.Module, name: str = "center", scales: Sequence[int] | None = None,
+                        data_style: str | None = None) -> Protocol:
+    """The protocol `name` with a checkpoint's own test preprocessing: its metadata's style, image size, resize."""
+    meta = getattr(model, "meta", None) or {}
+    style = meta.get("style") or data_style
+    if style is None:
+        style = "small" if getattr(getattr(model, "spec", None), "family", "") == "cifar" else "imagenet"
+    image_size = meta.get("image_size")
+    if isinstance(image_size, (list, tuple)):
+        image_size = image_size[-1]
+    return get_protocol(name, style, int(image_size) if image_size else None, scales, meta.get("resize_size"))

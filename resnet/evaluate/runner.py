@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from resnet import precision
+from resnet.data.folder import Unreadable
 from resnet.data.loaders import default_workers, ignore_stop_signals
 from resnet.evaluate.ensemble import ensemble_scores
 from resnet.evaluate.metrics import ErrorMeter
@@ -16,21 +19,43 @@ from resnet.evaluate.preprocess import InputNorm, input_norm
 from resnet.evaluate.protocols import Protocol
 
 
+class ReadableCollate:
+    """The protocol's collation over the readable items of a batch; unreadable ones are returned apart."""
+
+    def __init__(self, protocol: Protocol) -> None:
+        self.protocol = protocol
+
+    def __call__(self, batch: list) -> tuple:
+        unreadable = [item[0] for item in batch if isinstance(item[0], Unreadable)]
+        readable = [item for item in batch if not isinstance(item[0], Unreadable)]
+        return (*(self.protocol.collate(readable) if readable else (None, None)), unreadable)
+
+
 @torch.no_grad()
 def evaluate_models(models: Sequence[nn.Module], norms: Sequence[InputNorm], dataset, protocol: Protocol, *,
                     batch_size: int = 64, device: str | torch.device = "cpu", num_workers: int = 0,
                     progress: bool = True) -> dict:
-    """Each member's errors and loss, and, for several members, the ensemble's (mean of softmax scores)."""
+    """Each member's errors and loss, and, for several members, the ensemble's (mean of softmax scores).
+
+    Unreadable files (`Unreadable` items) are left out, warned about by name and listed under "skipped".
+    """
     device = torch.device(device)
-    models = [m.to(device).eval() for m in models]
+    layout = torch.channels_last if precision.channels_last(device, None) else torch.contiguous_format
+    models = [m.to(device, memory_format=layout).eval() for m in models]
     norms = [n.to(device) for n in norms]
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                         collate_fn=protocol.collate, pin_memory=device.type == "cuda",
+                                         collate_fn=ReadableCollate(protocol), pin_memory=device.type == "cuda",
                                          worker_init_fn=ignore_stop_signals)
     meters = [ErrorMeter() for _ in models]
     ensemble = ErrorMeter()
-    bar = tqdm(loader, desc=f"eval {protocol.name}", unit="batch", disable=not progress, dynamic_ncols=True)
-    for views, labels in bar:
+    skipped = []
+    bar = tqdm(loader, desc=f"eval {protocol.name}", unit="batch", disable=None if progress else True, dynamic_ncols=True)
+    for views, labels, unreadable in bar:
+        for item in unreadable:
+            warnings.warn(f"skipped unreadable image: {item.reason}", stacklevel=2)
+            skipped.append({"image": item.path, "error": item.reason})
+        if views is None:
+            continue
         labels = torch.as_tensor(labels).to(device)
         member_probs = [protocol.scores(m, n, views, device) for m, n in zip(models, norms)]
         for meter, probs in zip(meters, member_probs):
@@ -40,6 +65,7 @@ def evaluate_models(models: Sequence[nn.Module], norms: Sequence[InputNorm], dat
     result = {"protocol": protocol.name, "members": [m.result() for m in meters]}
     if len(models) > 1:
         result["ensemble"] = ensemble.result()
+    result["skipped"] = skipped
     return result
 
 
@@ -58,19 +84,26 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], data: str, *, data_d
                          batch_size: int = 64, device: str = "cpu", limit: int | None = None,
                          num_workers: int | None = None, progress: bool = True, download: bool = False,
                          data_options: dict | None = None) -> dict:
-    """`resnet eval`: load the checkpoints and the split, then evaluate them alone and as an ensemble."""
+    """`resnet eval`: load the checkpoints and the split, then evaluate them alone and as an ensemble.
+
+    Images get the first checkpoint's own test preprocessing (its style, image size and resize);
+    `limit` evaluates a seeded, class-balanced sample of that many images.
+    """
     from resnet.data import dataset_info, get_dataset
-    from resnet.evaluate.protocols import get_protocol
+    from resnet.data.datasets import TREES
+    from resnet.data.sampling import balanced_subset
+    from resnet.evaluate.protocols import checkpoint_protocol
     from resnet.checkpoint import load_model
 
     models = [load_model(path, device) for path in checkpoints]
     options = dict(data_options or {})
     info = dataset_info(data, data_dir, download=download, **options)
-    image_size = models[0].meta.get("image_size") or info.image_size
-    if isinstance(image_size, (list, tuple)):
-        image_size = image_size[-1]
-    chosen = get_protocol(protocol, info.style, int(image_size) if image_size else None, scales)
-    dataset = get_dataset(data, split, data_dir, transform=chosen.prepare, download=download, **options)
+    chosen = checkpoint_protocol(models[0], protocol, scales, info.style)
+    if data in TREES:
+        options["draft"] = chosen.min_side
+    dataset = get_dataset(data, split, data_dir, transform=chosen.prepare, download=download, skip_unreadable=True,
+                          **options)
+    options.pop("draft", None)
     fallback = None
     if any(getattr(m, "input_mean", None) is None for m in models):
         from resnet.data import pixel_mean
@@ -79,7 +112,7 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], data: str, *, data_d
     for path, model in zip(checkpoints, models):
         check_compatible(model, str(path), len(info.classes), info.channels)
     if limit:
-        dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
+        dataset = balanced_subset(dataset, limit, seed=0)
     norms = [input_norm(m, fallback) for m in models]
     workers = default_workers() if num_workers is None else num_workers
     result = evaluate_models(models, norms, dataset, chosen, batch_size=batch_size, device=device,
@@ -102,4 +135,8 @@ def format_results(result: dict) -> str:
     fmt = "  ".join(f"{{:<{w}}}" if i < 2 else f"{{:>{w}}}" for i, w in enumerate(widths))
     title = f"{result.get('data', '')} {result.get('split', '')} ({result['protocol']})".strip()
     lines = [title, fmt.format(*header), fmt.format(*("-" * w for w in widths))]
-    return "\n".join(lines + [fmt.format(*row) for row in body])
+    lines += [fmt.format(*row) for row in body]
+    skipped = result.get("skipped") or []
+    if skipped:
+        lines.append(f"skipped {len(skipped)} unreadable image(s): " + ", ".join(s["image"] for s in skipped))
+    return "\n".join(lines)

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from resnet import precision
+from resnet.data.datasets import describe_input
 from resnet.data.loaders import TensorLoader, build_loader
 from resnet.device import resolve_device
 from resnet.evaluate.metrics import topk_errors
@@ -55,39 +57,45 @@ def make_data(data: str, data_dir: str | None, recipe: Recipe, dist: distributed
               download: bool):
     """Training loader, held-out loaders by name ('val', and 'test' when the split is held out), info, mean."""
     from resnet.data import dataset_info, get_dataset, load_tensors, pixel_mean
+    from resnet.data.datasets import TREES, held_out_splits, protocol_options
+    from resnet.data.sampling import balanced_sample, balanced_subset
     from resnet.data.transforms import test_transform, train_transform
 
-    info = dataset_info(data, data_dir, download=download)
-    mean = pixel_mean(data, data_dir, download=download)
+    options = protocol_options(data, recipe.style, recipe.image_size)
+    info = dataset_info(data, data_dir, download=download, **options)
+    mean = pixel_mean(data, data_dir, download=download, **options)
     per_process = recipe.batch_size // dist.world_size
     common = {"seed": recipe.seed, "rank": dist.rank, "world_size": dist.world_size}
-    held_out = {"val": "val", "test": "test"} if recipe.val_split else {"test": "test"}
-    use_tensors = info.style == "small" and recipe.device_loader != "off"
-    if recipe.device_loader == "on" and info.style != "small":
-        raise ValueError(f"--device-loader on needs a small dataset; {data!r} is {info.style}-style")
-    split_options = {"data_dir": data_dir, "download": download, "val_split": recipe.val_split, "seed": recipe.seed}
+    held_out = held_out_splits(data, recipe.val_split)
+    use_tensors = info.style == "small" and data not in TREES and recipe.device_loader != "off"
+    if recipe.device_loader == "on" and not use_tensors:
+        raise ValueError(f"--device-loader on needs cifar10, cifar100, fashion-mnist or synthetic; {data!r} is read "
+                         f"from files")
+    split_options = {"data_dir": data_dir, "download": download, "val_split": recipe.val_split, "seed": recipe.seed,
+                     **options}
     if use_tensors:
         images, labels, info = load_tensors(data, "train", **split_options)
         if recipe.subset:
-            images, labels = images[:recipe.subset], labels[:recipe.subset]
+            keep = balanced_sample(labels, recipe.subset, recipe.seed)
+            images, labels = images[keep], labels[keep]
         train = TensorLoader(images, labels, mean, per_process, train=True, device=device, **common)
         evals = {}
         for key, split in held_out.items():
             images, labels, _ = load_tensors(data, split, **split_options)
-            images, labels = images[:recipe.eval_subset], labels[:recipe.eval_subset]
+            if recipe.eval_subset:
+                keep = balanced_sample(labels, recipe.eval_subset, recipe.seed)
+                images, labels = images[keep], labels[keep]
             evals[key] = TensorLoader(images, labels, mean, per_process, train=False, device=device, **common)
         return train, evals, info, mean
     dataset = get_dataset(data, "train", transform=train_transform(info, mean), **split_options)
     info = dataset.info
-    if recipe.subset:
-        dataset = torch.utils.data.Subset(dataset, range(min(recipe.subset, len(dataset))))
+    dataset = balanced_subset(dataset, recipe.subset, recipe.seed)
     workers = {"num_workers": recipe.num_workers, "device": device, **common}
     train = build_loader(dataset, per_process, train=True, **workers)
     evals = {}
     for key, split in held_out.items():
         held = get_dataset(data, split, transform=test_transform(info, mean), **split_options)
-        if recipe.eval_subset:
-            held = torch.utils.data.Subset(held, range(min(recipe.eval_subset, len(held))))
+        held = balanced_subset(held, recipe.eval_subset, recipe.seed)
         evals[key] = build_loader(held, per_process, train=False, **workers)
     return train, evals, info, mean
 
@@ -222,20 +230,19 @@ def train(model: str | None = None, data: str | None = None, *, recipe: Recipe |
         weights, _, _ = load_weights(weights_file)
         load_state_dict_checked(net, weights, str(weights_file), f"{model} ({data})")
     cuda = device.type == "cuda"
-    channels_last = cuda and recipe.channels_last
+    channels_last = precision.channels_last(device, recipe.channels_last)
     net = net.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     if dist.enabled and recipe.sync_bn:
         net = distributed.convert_sync_batchnorm(net, device.type)
     ddp = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if cuda else None) if dist.enabled else net
     step_model = torch.compile(ddp) if recipe.compile else ddp
 
-    amp_dtype = torch.bfloat16 if recipe.amp_dtype == "bf16" else torch.float16
-    use_amp = cuda and recipe.amp
+    amp_dtype = precision.amp_dtype(device, recipe.amp, recipe.amp_dtype)
 
     def autocast():
-        return torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp)
+        return precision.autocast(device, amp_dtype)
 
-    scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     optimizer = torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                                 weight_decay=recipe.weight_decay)
 
@@ -276,7 +283,8 @@ def train(model: str | None = None, data: str | None = None, *, recipe: Recipe |
             rundir.truncate_metrics(run_dir / "metrics.jsonl", step)
         say(f"{'resuming' if resume else 'training'} {model} on {data} ({info.num_classes} classes) -> {run_dir}")
         say(f"device {device}, {dist.world_size} process(es), {total_steps} iterations, "
-            f"{steps_per_epoch} per epoch, amp {use_amp and recipe.amp_dtype}, channels_last {channels_last}")
+            f"{steps_per_epoch} per epoch, {precision.describe(amp_dtype, channels_last)}")
+        say(f"input: {describe_input(info)}")
         say(f"recipe {recipe.name}:\n{describe(recipe)}")
 
     def save_checkpoint(best: bool = False) -> None:
@@ -341,7 +349,8 @@ def train(model: str | None = None, data: str | None = None, *, recipe: Recipe |
 
     # --- the loop
     last_row: dict = {}
-    bar = Progress(total_steps, initial=step, enabled=dist.is_main, force_bar=progress, log_every=recipe.log_every)
+    bar = Progress(total_steps, initial=step, enabled=dist.is_main, force_bar=progress, log_every=recipe.log_every,
+                   show_top5=info.num_classes > 5)
     steps_this_call = 0
     step_model.train()
     with StopFlag() as stop:
@@ -373,7 +382,7 @@ def train(model: str | None = None, data: str | None = None, *, recipe: Recipe |
                 if looked:
                     check_loss()
                     feed_warmup_errors()
-                bar.update(step, epoch, lambda: {"loss": loss.item(), "err": wrong.item() / len(y), "lr": lr,
+                bar.update(step, epoch, lambda: {"loss": loss.item(), "err%": 100 * wrong.item() / len(y), "lr": lr,
                                                  "img/s": len(y) * dist.world_size / max(bar.step_time(), 1e-9)})
                 if step % eval_every == 0 or step == total_steps:
                     last_row = run_evaluation()

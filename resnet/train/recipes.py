@@ -7,6 +7,10 @@ import difflib
 from dataclasses import dataclass, fields
 
 
+CHOICES = {"schedule": ("step", "plateau"), "warmup": ("auto", "on", "off"), "device": ("auto", "cpu", "cuda"),
+           "amp_dtype": ("bf16", "fp16"), "device_loader": ("auto", "on", "off"), "style": ("auto", "small", "imagenet")}
+
+
 @dataclass
 class Recipe:
     """Everything a training run needs besides the model and data names."""
@@ -26,27 +30,28 @@ class Recipe:
     warmup_error: float = 0.8
     val_split: bool = True  # the paper's 45k/5k train/val split for model selection
     eval_every: int | None = None  # iterations between evaluations; default once per epoch
-    eval_subset: int | None = None  # evaluate on the first N held-out images (quick runs)
+    eval_subset: int | None = None  # evaluate on N held-out images, a seeded class-balanced sample (quick runs)
     seed: int = 0
-    subset: int | None = None  # train on the first N training images
+    subset: int | None = None  # train on N training images, a seeded class-balanced sample
     device: str = "auto"  # "auto", "cpu" or "cuda"
-    amp: bool = True  # mixed precision on CUDA
+    amp: bool | None = None  # mixed precision; None: on CUDA and on CPUs with native bf16 (resnet.precision)
     amp_dtype: str = "bf16"  # "bf16" or "fp16" (with a grad scaler)
-    channels_last: bool = True  # on CUDA
+    channels_last: bool | None = None  # NHWC activations; None: wherever amp is on by default
     compile: bool = False  # torch.compile the model
     sync_bn: bool = False  # synchronise BN statistics across processes
     num_workers: int | None = None  # data-loader workers per process (default: from the CPU count)
     device_loader: str = "auto"  # hold small datasets as a tensor on the device: "auto", "on", "off"
     log_every: int = 50  # iterations between plain log lines when output is not a terminal
+    style: str = "auto"  # folder/imagenet data: "small" (CIFAR protocol, native size), "imagenet", or from the images
+    image_size: int | None = None  # folder/imagenet data: the network's input side (default: from the data)
 
     def validate(self) -> Recipe:
         """Check option values, raising one line that names the option."""
-        choices = {"schedule": ("step", "plateau"), "warmup": ("auto", "on", "off"), "device": ("auto", "cpu", "cuda"),
-                   "amp_dtype": ("bf16", "fp16"), "device_loader": ("auto", "on", "off")}
-        for option, allowed in choices.items():
+        for option, allowed in CHOICES.items():
             if getattr(self, option) not in allowed:
                 raise ValueError(f"invalid --{option.replace('_', '-')} {getattr(self, option)!r}; allowed: {', '.join(allowed)}")
-        for option in ("batch_size", "iters", "epochs", "subset", "eval_every", "eval_subset", "plateau_patience"):
+        for option in ("batch_size", "iters", "epochs", "subset", "eval_every", "eval_subset", "plateau_patience",
+                       "image_size"):
             value = getattr(self, option)
             if value is not None and value < 1:
                 raise ValueError(f"invalid --{option.replace('_', '-')} {value}; must be a positive integer")
@@ -64,6 +69,22 @@ RECIPES: dict[str, Recipe] = {
     "paper-imagenet": Recipe(name="paper-imagenet", batch_size=256, iters=600_000, schedule="plateau",
                              val_split=False, eval_every=5_000, warmup="off"),
 }
+
+# The training sets the paper's iteration counts were set for: CIFAR-10's 45k (after the 5k val split), ImageNet's.
+PAPER_TRAIN_IMAGES = {"paper-cifar": 45_000, "paper-imagenet": 1_281_167}
+
+
+def paper_epochs(name: str) -> int:
+    """A named recipe's length as epochs of the paper's data: 64k x 128 / 45k = 182 (CIFAR), 600k x 256 / 1.28M = 120."""
+    base = RECIPES[name]
+    return round(base.iters * base.batch_size / PAPER_TRAIN_IMAGES[name])
+
+
+def scaled_lr(name: str, batch_size: int) -> dict[str, float]:
+    """lr and warm-up lr scaled linearly with the batch from a named recipe's (0.1 at 128 for CIFAR, at 256 for ImageNet)."""
+    base = RECIPES[name]
+    factor = batch_size / base.batch_size
+    return {"lr": base.lr * factor, "warmup_lr": base.warmup_lr * factor}
 
 
 def get_recipe(name: str, **overrides) -> Recipe:
@@ -96,7 +117,15 @@ def recipe_from_dict(data: dict) -> Recipe:
 def describe(recipe: Recipe) -> str:
     """The recipe as aligned `field: value` lines, printed at the start of a run."""
     width = max(len(f.name) for f in fields(Recipe))
-    return "\n".join(f"  {f.name:<{width}}  {getattr(recipe, f.name)}" for f in fields(Recipe))
+
+    def shown(name: str):
+        value = getattr(recipe, name)
+        return value if value is not None else ("auto" if name in AUTO_FIELDS else "-")
+
+    return "\n".join(f"  {f.name:<{width}}  {shown(f.name)}" for f in fields(Recipe))
 
 
-__all__ = ["Recipe", "RECIPES", "get_recipe", "recipe_from_dict", "describe"]
+AUTO_FIELDS = ("amp", "channels_last", "num_workers")  # None means: chosen for the device at run time
+
+
+__all__ = ["Recipe", "RECIPES", "get_recipe", "recipe_from_dict", "describe", "paper_epochs", "scaled_lr"]
