@@ -1,7 +1,7 @@
 """Checkpoints: weights as safetensors, training state as a tensors-only torch file.
 
 A checkpoint named `STEM` is two files: `STEM.safetensors` (the state dict, the input mean as
-`input_mean`, and JSON metadata: model name, options, classes, dataset, image size) and, for
+`input_mean` and, for weights trained on (x - mean) / std, the std as `input_std`, and JSON metadata: model name, options, classes, dataset, image size) and, for
 training checkpoints, `STEM.state.pt` (optimizer, scheduler, scaler, step, RNG states), loaded
 with `weights_only=True`. Every file is written to a temporary name and renamed, so a failure
 mid-write leaves the previous checkpoint intact.
@@ -22,6 +22,7 @@ from torch import nn
 
 META_KEY = "resnet"
 MEAN_KEY = "input_mean"
+STD_KEY = "input_std"
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
@@ -59,14 +60,14 @@ def model_meta(model: nn.Module, **extra: Any) -> dict:
 
 
 def save_weights(path: str | Path, model: nn.Module, meta: dict | None = None,
-                 input_mean: torch.Tensor | None = None) -> Path:
-    """Write the model's state dict (and input mean) as safetensors with JSON metadata."""
+                 input_mean: torch.Tensor | None = None, input_std: torch.Tensor | None = None) -> Path:
+    """Write the model's state dict (and input mean and std) as safetensors with JSON metadata."""
     net = unwrap(model)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
-    if input_mean is None:
-        input_mean = getattr(net, "input_mean", None)
-    if input_mean is not None:
-        tensors[MEAN_KEY] = input_mean.detach().to("cpu", torch.float32).contiguous()
+    for key, value, attribute in ((MEAN_KEY, input_mean, "input_mean"), (STD_KEY, input_std, "input_std")):
+        value = getattr(net, attribute, None) if value is None else value
+        if value is not None:
+            tensors[key] = value.detach().to("cpu", torch.float32).contiguous()
     metadata = {META_KEY: json.dumps(meta if meta is not None else model_meta(net))}
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
@@ -88,7 +89,10 @@ def weights_path(path: str | Path, which: str = "best") -> Path:
 
 
 def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict, torch.Tensor | None]:
-    """(state dict, metadata, input mean or None) from a .safetensors checkpoint."""
+    """(state dict, metadata, input mean or None) from a .safetensors checkpoint.
+
+    A stored `input_std` tensor is returned in the metadata as `input_std` (a list, one value per channel).
+    """
     path = weights_path(path)
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -97,6 +101,9 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict, torch
     except (SafetensorError, OSError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: not a readable safetensors checkpoint ({e})") from None
     mean = tensors.pop(MEAN_KEY, None)
+    std = tensors.pop(STD_KEY, None)
+    if std is not None:
+        meta["input_std"] = std.flatten().tolist()
     return tensors, meta, mean
 
 
@@ -119,7 +126,8 @@ def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], so
 def load_model(path: str | Path, device: str | torch.device = "cpu", which: str = "best") -> nn.Module:
     """The trained network from a run directory or a .safetensors checkpoint, in eval mode.
 
-    The returned model carries `.meta` (classes, dataset, image size, ...) and `.input_mean`.
+    The returned model carries `.meta` (classes, dataset, image size, ...), `.input_mean` and `.input_std`
+    ([C,1,1], or None when the weights expect only the mean subtracted).
     """
     from resnet.models import create_model
 
@@ -131,6 +139,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", which: str 
     load_state_dict_checked(model, state, str(file), meta["model"])
     model.meta = meta
     model.input_mean = mean
+    std = meta.get("input_std")
+    model.input_std = None if std is None else torch.tensor(std, dtype=torch.float32).reshape(-1, 1, 1)
     return model.to(device).eval()
 
 
