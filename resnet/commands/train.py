@@ -4,6 +4,7 @@ Examples:
   resnet train --model resnet20 --data cifar10 --recipe paper-cifar --out runs/r20
   resnet train --model resnet20 --data fashion-mnist --epochs 3 --subset 5000
   resnet train --resume runs/r20
+  resnet train --model resnet50 --init torchvision-v2 --data folder --data-dir DIR --recipe finetune --freeze 1
   torchrun --nproc_per_node=4 -m resnet train --model resnet50 --data imagenet --data-dir /data/imagenet --recipe paper-imagenet
 """
 
@@ -19,6 +20,9 @@ from resnet.train.recipes import RECIPES, Recipe, get_recipe
 FIELD_HELP = {
     "iters": "total iterations", "epochs": "total epochs (instead of --iters)", "subset": "train on the first N images",
     "lr_drops": "fractions of training where lr is divided by 10", "device": "auto, cpu or cuda",
+    "schedule": "step, plateau or cosine", "freeze": "keep the stem and the first N stages fixed, BN included",
+    "head_lr_mult": "the classifier's lr is --lr times this", "decay_bn_bias": "weight decay on BN and biases too",
+    "warmup_fraction": "linear lr warm-up over this fraction of training",
 }
 
 
@@ -55,6 +59,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", default="paper-cifar", choices=list(RECIPES), help="hyperparameters (default: paper-cifar)")
     p.add_argument("--out", help="run directory (default: runs/MODEL-DATA-TIME)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run where it stopped")
+    p.add_argument("--init", metavar="NAME_OR_PATH",
+                   help="start from pretrained weights: a name from `resnet weights` (e.g. torchvision-v2), our "
+                        "checkpoint or run directory, or a torchvision/timm state dict; a classifier of another "
+                        "size is re-initialised")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: when stderr is a terminal)")
     add_model_options(p)
@@ -78,10 +86,13 @@ def run(args: argparse.Namespace) -> int:
         if given:
             print(f"resnet train: warning: a resumed run keeps its saved recipe; ignoring {' '.join(given)}",
                   file=sys.stderr)
+        if args.init:
+            print("resnet train: warning: a resumed run continues from its own checkpoint; ignoring --init",
+                  file=sys.stderr)
     try:
         train(args.model, args.data, recipe=None if args.resume else recipe_from_args(args), out=args.out,
               data_dir=args.data_dir, resume=args.resume, model_options=model_options(args),
-              download=args.download, progress=args.progress)
+              download=args.download, progress=args.progress, init=None if args.resume else args.init)
     except Interrupted as e:
         return e.exit_code
     except TrainingDiverged as e:

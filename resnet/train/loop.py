@@ -22,7 +22,7 @@ from torch import nn
 from resnet.data.loaders import TensorLoader, build_loader
 from resnet.evaluate.metrics import topk_errors
 from resnet.models import create_model, get_spec
-from resnet.train import distributed
+from resnet.train import distributed, finetune
 from resnet.checkpoint import (atomic_write_text, load_state_dict_checked, load_training_state, load_weights,
                                      model_meta, save_training_state, save_weights, unwrap)
 from resnet.train.curves import plot_curves, read_metrics
@@ -161,12 +161,14 @@ class StopFlag:
 def train(model: str | None = None, data: str | None = None, *, recipe: Recipe | None = None,
           out: str | Path | None = None, data_dir: str | None = None, resume: str | Path | None = None,
           model_options: dict | None = None, download: bool = False, progress: bool | None = None,
-          stop_after: int | None = None) -> dict:
+          stop_after: int | None = None, init: str | Path | None = None) -> dict:
     """Train `model` on `data` with `recipe`, writing a run directory; returns the last evaluation row.
 
-    `resume` continues a run directory where it stopped. `stop_after` (testing) stops as if
-    interrupted after that many steps of this call.
+    `init` starts from pretrained weights: a name (`resnet weights`), a checkpoint or run directory, or a
+    torchvision/timm state dict (see train/finetune.py). `resume` continues a run directory where it
+    stopped. `stop_after` (testing) stops as if interrupted after that many steps of this call.
     """
+    pretrained, init_notes = None, []
     # --- configuration: fresh or from the run being resumed
     if resume is not None:
         run_dir = Path(resume)
@@ -185,9 +187,13 @@ def train(model: str | None = None, data: str | None = None, *, recipe: Recipe |
         get_spec(model)  # fail on a bad name before loading data
         recipe = (recipe or Recipe()).validate()
         model_options = dict(model_options or {})
+        if init is not None:
+            pretrained, model_options, init_notes = finetune.read_init(model, init, model_options)
         run_dir = Path(out) if out else Path("runs") / f"{model}-{data}-{time.strftime('%Y%m%d-%H%M%S')}"
         config = {"model": model, "data": data, "data_dir": data_dir, "model_options": model_options,
                   "recipe": asdict(recipe)}
+        if pretrained is not None:
+            config["init"] = {"given": str(init), "weights": pretrained.source}
 
     device = resolve_device(recipe.device)
     dist = distributed.setup(device.type)
@@ -201,12 +207,18 @@ def train(model: str | None = None, data: str | None = None, *, recipe: Recipe |
     # --- data and model
     train_loader, eval_loaders, info, mean = make_data(data, data_dir, recipe, dist, device, download)
     net = make_model(model, info, mean, model_options)
+    for note in init_notes + (finetune.load_init(net, pretrained, mean) if pretrained is not None else []):
+        say(note)
     ckpt_dir = run_dir / "checkpoints"
     state = None
     if resume is not None:
-        weights, _, _ = load_weights(ckpt_dir / "last.safetensors")
+        weights, saved_meta, saved_mean = load_weights(ckpt_dir / "last.safetensors")
         load_state_dict_checked(net, weights, str(ckpt_dir / "last.safetensors"), f"{model} ({data})")
+        if config.get("init"):
+            finetune.restore_normalisation(net, saved_meta, saved_mean)
         state = load_training_state(ckpt_dir / "last.state.pt")
+    train_loader, eval_loaders = finetune.renormalise(net, mean, train_loader, eval_loaders)
+    finetune.freeze(net, recipe.freeze)
     cuda = device.type == "cuda"
     channels_last = cuda and recipe.channels_last
     net = net.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
@@ -222,7 +234,7 @@ def train(model: str | None = None, data: str | None = None, *, recipe: Recipe |
         return torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp)
 
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
-    optimizer = torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+    optimizer = torch.optim.SGD(finetune.param_groups(net, recipe), lr=recipe.lr, momentum=recipe.momentum,
                                 weight_decay=recipe.weight_decay)
 
     # --- length of the run
@@ -308,7 +320,7 @@ def train(model: str | None = None, data: str | None = None, *, recipe: Recipe |
                 x, y = _to_device(x, y, device, channels_last)
                 lr = schedule.lr(step)
                 for group in optimizer.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group.get("lr_mult", 1.0)
                 with autocast():
                     logits = step_model(x)
                     loss = F.cross_entropy(logits, y)

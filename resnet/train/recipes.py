@@ -18,12 +18,16 @@ class Recipe:
     weight_decay: float = 1e-4
     iters: int | None = 64_000  # total iterations; `epochs` instead when set
     epochs: int | None = None
-    schedule: str = "step"  # "step": lr / 10 at `lr_drops`; "plateau": lr / 10 when val error stalls
+    schedule: str = "step"  # "step": lr / 10 at `lr_drops`; "plateau": lr / 10 when val error stalls; "cosine"
     lr_drops: tuple[float, ...] = (0.5, 0.75)  # fractions of training: 32k and 48k of 64k
     plateau_patience: int = 3  # evaluations without improvement before lr / 10
     warmup: str = "auto"  # "auto" (ResNet-110 and deeper, as the paper), "on" or "off"
     warmup_lr: float = 0.01  # used until training error < warmup_error
     warmup_error: float = 0.8
+    warmup_fraction: float = 0.0  # lr rises linearly from 0 over this fraction of training
+    decay_bn_bias: bool = True  # weight decay on BN parameters and biases too (the paper decays everything)
+    freeze: int | None = None  # fine-tuning: keep the stem and the first N stages fixed (their BN in eval mode)
+    head_lr_mult: float = 1.0  # fine-tuning: the classifier's lr is lr times this
     val_split: bool = True  # the paper's 45k/5k train/val split for model selection
     eval_every: int | None = None  # iterations between evaluations; default once per epoch
     eval_subset: int | None = None  # evaluate on the first N held-out images (quick runs)
@@ -41,7 +45,7 @@ class Recipe:
 
     def validate(self) -> Recipe:
         """Check option values, raising one line that names the option."""
-        choices = {"schedule": ("step", "plateau"), "warmup": ("auto", "on", "off"), "device": ("auto", "cpu", "cuda"),
+        choices = {"schedule": ("step", "plateau", "cosine"), "warmup": ("auto", "on", "off"), "device": ("auto", "cpu", "cuda"),
                    "amp_dtype": ("bf16", "fp16"), "device_loader": ("auto", "on", "off")}
         for option, allowed in choices.items():
             if getattr(self, option) not in allowed:
@@ -52,6 +56,12 @@ class Recipe:
                 raise ValueError(f"invalid --{option.replace('_', '-')} {value}; must be a positive integer")
         if self.lr <= 0:
             raise ValueError(f"invalid --lr {self.lr}; must be positive")
+        if self.head_lr_mult <= 0:
+            raise ValueError(f"invalid --head-lr-mult {self.head_lr_mult}; must be positive")
+        if self.freeze is not None and self.freeze < 0:
+            raise ValueError(f"invalid --freeze {self.freeze}; the number of stages to freeze after the stem, 0 or more")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ValueError(f"invalid --warmup-fraction {self.warmup_fraction}; must be in [0, 1)")
         if self.iters is None and self.epochs is None:
             raise ValueError("give --iters or --epochs")
         return self
@@ -63,6 +73,12 @@ RECIPES: dict[str, Recipe] = {
     # Section 3.4: batch 256, lr 0.1 / 10 when error plateaus, 60x10^4 iterations.
     "paper-imagenet": Recipe(name="paper-imagenet", batch_size=256, iters=600_000, schedule="plateau",
                              val_split=False, eval_every=5_000, warmup="off"),
+    # Fine-tuning pretrained weights on a few thousand images (`--init`): not in the paper; common practice
+    # (timm, fastai): smaller lr with cosine decay after a short linear warm-up, few epochs, no decay on BN
+    # and biases, a 10x lr for the new classifier.
+    "finetune": Recipe(name="finetune", batch_size=64, lr=0.01, iters=None, epochs=10, schedule="cosine",
+                       warmup="off", warmup_fraction=0.05, decay_bn_bias=False, head_lr_mult=10.0,
+                       val_split=False),
 }
 
 
