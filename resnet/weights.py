@@ -125,15 +125,19 @@ def find_weights(model: str, name: str) -> Weights | None:
     return None
 
 
-def download(weights: Weights, progress: bool = True) -> Path:
-    """The weights file in the torch.hub cache, downloaded (hash checked) if it is not there yet."""
+def download(weights: Weights, progress: bool | None = None) -> Path:
+    """The weights file in the torch.hub cache, downloaded (hash checked) if it is not there yet.
+
+    A progress bar shows on stderr when it is a terminal (or when `progress` is True).
+    """
     path = weights.cache_path()
     if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     how = f"download it yourself and pass the file instead (pretrained=FILE, or --init FILE), or place it at {path}"
     try:
-        torch.hub.download_url_to_file(weights.url, str(path), hash_prefix=weights.sha256_prefix, progress=progress)
+        torch.hub.download_url_to_file(weights.url, str(path), hash_prefix=weights.sha256_prefix,
+                                       progress=sys.stderr.isatty() if progress is None else progress)
     except RuntimeError as e:
         if "invalid hash" in str(e):
             raise ValueError(f"{weights.url}: SHA-256 does not start with {weights.sha256_prefix} as published; "
