@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch/torchvision pinned for reproducible installs; pip takes them from a local cache when it has one.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install data demo test test-slow bench clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,10 +16,16 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
-demo: install
+# Fashion-MNIST: already here, else Debian's dataset-fashion-mnist (root), else a checksummed download.
+data: install
+	$(BIN)/resnet data fashion-mnist
+
+demo: data
 	$(BIN)/resnet demo
 
+# The tests write their own small files; with the real Fashion-MNIST present a few more run on it.
 test: install
+	$(BIN)/resnet data fashion-mnist || echo "make test: continuing without the real Fashion-MNIST files"
 	$(BIN)/python -m pytest
 
 test-slow: install

@@ -1,8 +1,17 @@
 """resnet: Deep Residual Learning for Image Recognition (He et al., 2015) in PyTorch."""
 
-from resnet.models import list_models
-from resnet.checkpoint import load_model
-from resnet.weights import create_model  # the registry's create_model, plus pretrained=NAME_OR_PATH
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 __all__ = ["create_model", "list_models", "load_model", "__version__"]
+# resnet.weights.create_model is the registry's create_model plus pretrained=NAME_OR_PATH
+_LAZY = {"create_model": "resnet.weights", "list_models": "resnet.models", "load_model": "resnet.checkpoint"}
+
+
+def __getattr__(name: str):
+    """Import torch-backed names on first use, so that `resnet --help` starts at once."""
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'resnet' has no attribute {name!r}")

@@ -18,6 +18,8 @@ COMMANDS = {
     "weights": ("resnet.commands.weights", "list pretrained ImageNet weights by name (source, top-1, cached)"),
     "analyze": ("resnet.commands.analyze", "analyses of trained nets: layer responses (Fig. 7)"),
     "train": ("resnet.commands.train", "train a network with the paper's recipes"),
+    "reproduce": ("resnet.commands.reproduce", "the paper's CIFAR experiments (Table 6, shortcuts, Fig. 7) with a report"),
+    "data": ("resnet.commands.data", "get a dataset onto this machine (Fashion-MNIST: Debian package or download)"),
     "demo": ("resnet.commands.demo", "the degradation experiment in miniature (plain vs residual, two depths)"),
 }
 
@@ -26,19 +28,25 @@ class UserError(Exception):
     """A problem with the user's input: printed as one line, exit status 2."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The full parser; given `argv`, only the named command's module is imported (torch loads only when needed)."""
     parser = argparse.ArgumentParser(prog="resnet", description="Deep residual networks (He et al., 2015).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    chosen = None if argv is None else next((a for a in argv if not a.startswith("-")), "")
     for name, (module_path, help_text) in COMMANDS.items():
-        module = importlib.import_module(module_path)
-        p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
-        module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        if chosen is None or chosen == name:
+            module = importlib.import_module(module_path)
+            p.description = (module.__doc__ or help_text).strip()
+            module.add_arguments(p)
+            p.set_defaults(_run=module.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     try:
         return int(args._run(args) or 0)
     except (UserError, ValueError, FileNotFoundError, NotADirectoryError, ConnectionError) as e:

@@ -14,16 +14,40 @@ import argparse
 import typing
 from dataclasses import fields
 
-from resnet.commands.summary import add_model_options, model_options
-from resnet.train.recipes import RECIPES, Recipe, get_recipe
+from resnet.commands.options import add_model_options, model_options
+from resnet.train.recipes import AUTO_FIELDS, CHOICES, RECIPES, Recipe, get_recipe
 
 FIELD_HELP = {
-    "iters": "total iterations", "epochs": "total epochs (instead of --iters)", "subset": "train on the first N images",
-    "lr_drops": "fractions of training where lr is divided by 10", "device": "auto, cpu or cuda",
-    "schedule": "step, plateau or cosine", "freeze": "keep the stem and the first N stages fixed, BN included",
-    "head_lr_mult": "the classifier's lr is --lr times this", "decay_bn_bias": "weight decay on BN and biases too",
+    "batch_size": "global batch over all processes", "lr": "initial learning rate", "momentum": "SGD momentum",
+    "weight_decay": "L2 weight decay", "iters": "total iterations", "epochs": "total epochs (instead of --iters)",
+    "schedule": "step: lr/10 at --lr-drops; plateau: lr/10 when validation error stalls; cosine: to 0",
+    "lr_drops": "fractions of training where lr is divided by 10",
+    "plateau_patience": "evaluations without improvement before lr/10 (plateau schedule)",
+    "warmup": "lr --warmup-lr until training error < --warmup-error (auto: ResNet-110 and deeper, as the paper)",
+    "warmup_lr": "learning rate during the warm-up", "warmup_error": "training error that ends the warm-up",
+    "val_split": "hold out part of the training set for model selection (45k/5k on CIFAR)",
+    "eval_every": "iterations between evaluations (default: once per epoch)",
+    "eval_subset": "evaluate on N held-out images only", "seed": "random seed (data order, augmentation, init)",
+    "subset": "train on N images only", "device": "where to train",
+    "amp": "mixed precision (auto: on CUDA and on CPUs with native bf16)", "amp_dtype": "autocast dtype",
+    "channels_last": "NHWC activations (auto: where mixed precision is on by default)",
+    "compile": "torch.compile the model", "sync_bn": "BN statistics over the global batch (several processes)",
+    "num_workers": "data-loader workers per process (auto: from the CPU count)",
+    "device_loader": "hold a small dataset as one tensor on the device (auto: small datasets)",
+    "log_every": "iterations between log lines when output is not a terminal",
     "warmup_fraction": "linear lr warm-up over this fraction of training",
+    "decay_bn_bias": "weight decay on BN parameters and biases too", "freeze": "keep the stem and the first N "
+    "stages fixed, BN included (fine-tuning)", "head_lr_mult": "the classifier's lr is --lr times this",
 }
+
+
+def _defaults(name: str) -> str:
+    """Each recipe's value of a field, for --help: 'paper-cifar: 0.1, paper-imagenet: 0.1'."""
+    values = {recipe: getattr(r, name) for recipe, r in RECIPES.items()}
+    shown = {k: "auto" if v is None and name in AUTO_FIELDS else ("none" if v is None else v) for k, v in values.items()}
+    if len(set(map(str, shown.values()))) == 1:
+        return f"default: {next(iter(shown.values()))}"
+    return "default: " + ", ".join(f"{k} {v}" for k, v in shown.items())
 
 
 def _field_type(annotation: str) -> type:
@@ -42,13 +66,14 @@ def add_recipe_overrides(p: argparse.ArgumentParser) -> None:
             continue
         flag = "--" + f.name.replace("_", "-")
         kind = _field_type(str(f.type))
-        help_text = FIELD_HELP.get(f.name, f.name.replace("_", " "))
+        choices = CHOICES.get(f.name)
+        help_text = f"{FIELD_HELP.get(f.name, f.name.replace('_', ' '))} ({_defaults(f.name)})"
         if kind is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif str(f.type).startswith("tuple"):
             group.add_argument(flag, dest=f.name, type=float, nargs="+", default=None, help=help_text)
         else:
-            group.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text)
+            group.add_argument(flag, dest=f.name, type=kind, default=None, choices=choices, help=help_text)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

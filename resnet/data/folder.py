@@ -210,7 +210,7 @@ def channel_mean(dataset: ImageTree, max_images: int = 10_000, side: int = 64, s
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:max_images]
     total = torch.zeros(3, dtype=torch.float64)
     count = 0
-    for i in tqdm(order.tolist(), desc=f"pixel mean of {dataset.info.name}", unit="img", leave=False):
+    for i in tqdm(order.tolist(), desc=f"pixel mean of {dataset.info.name}", unit="img", leave=False, disable=None):
         path = dataset.samples[i][0]
         try:
             image = pil_to_tensor(decode_image(path, side))

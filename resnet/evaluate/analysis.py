@@ -134,7 +134,7 @@ def analyze_responses(checkpoints: Sequence[str | Path], data: str, *, data_dir:
         dataset = torch.utils.data.Subset(dataset, range(min(images, len(dataset))))
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
         batches = (norm(views.flatten(0, 1).to(device)) for views, _ in
-                   tqdm(loader, desc=f"responses {meta.get('model')}", disable=not progress))
+                   tqdm(loader, desc=f"responses {meta.get('model')}", disable=None if progress else True))
         layers = layer_responses(model, batches, device)
         networks.append({"checkpoint": str(path), "model": meta.get("model"), "label": meta.get("model") or str(path),
                          "residual": bool(model.spec.residual), "images": len(dataset), "layers": layers})

@@ -25,6 +25,7 @@ from torch import nn
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from resnet import precision
 from resnet.evaluate.preprocess import InputNorm
 
 PAPER_SCALES = (224, 256, 384, 480, 640)
@@ -54,8 +55,12 @@ def fully_convolutional(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def softmax_scores(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Class probabilities [N, K] for a normalised batch (computed in float32)."""
-    return F.softmax(fully_convolutional(model, x).float(), dim=1)
+    """Class probabilities [N, K] for a normalised batch, on the device's fast path (softmax in float32)."""
+    if precision.channels_last(x.device, None):
+        x = x.contiguous(memory_format=torch.channels_last)
+    with precision.autocast(x.device, precision.amp_dtype(x.device, None)):
+        logits = fully_convolutional(model, x)
+    return F.softmax(logits.float(), dim=1)
 
 
 class Protocol:

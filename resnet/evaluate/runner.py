@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from resnet import precision
 from resnet.data.loaders import default_workers
 from resnet.evaluate.ensemble import ensemble_scores
 from resnet.evaluate.metrics import ErrorMeter
@@ -22,13 +23,14 @@ def evaluate_models(models: Sequence[nn.Module], norms: Sequence[InputNorm], dat
                     progress: bool = True) -> dict:
     """Each member's errors and loss, and, for several members, the ensemble's (mean of softmax scores)."""
     device = torch.device(device)
-    models = [m.to(device).eval() for m in models]
+    layout = torch.channels_last if precision.channels_last(device, None) else torch.contiguous_format
+    models = [m.to(device, memory_format=layout).eval() for m in models]
     norms = [n.to(device) for n in norms]
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                          collate_fn=protocol.collate, pin_memory=device.type == "cuda")
     meters = [ErrorMeter() for _ in models]
     ensemble = ErrorMeter()
-    bar = tqdm(loader, desc=f"eval {protocol.name}", unit="batch", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(loader, desc=f"eval {protocol.name}", unit="batch", disable=None if progress else True, dynamic_ncols=True)
     for views, labels in bar:
         labels = torch.as_tensor(labels).to(device)
         member_probs = [protocol.scores(m, n, views, device) for m, n in zip(models, norms)]

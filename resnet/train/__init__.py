@@ -1,7 +1,16 @@
-"""Training: recipes, the loop, checkpoints and distributed set-up."""
+"""Training: recipes, the loop, schedules and distributed set-up."""
 
-from resnet.checkpoint import load_model
-from resnet.train.loop import TrainingDiverged, train
-from resnet.train.recipes import RECIPES, Recipe, get_recipe
+from __future__ import annotations
+
+import importlib
 
 __all__ = ["RECIPES", "Recipe", "TrainingDiverged", "get_recipe", "load_model", "train"]
+_LAZY = {"RECIPES": "resnet.train.recipes", "Recipe": "resnet.train.recipes", "get_recipe": "resnet.train.recipes",
+         "TrainingDiverged": "resnet.train.loop", "train": "resnet.train.loop", "load_model": "resnet.checkpoint"}
+
+
+def __getattr__(name: str):
+    """Import the loop (and torch) only when it is used: the CLI reads recipes without it."""
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'resnet.train' has no attribute {name!r}")

@@ -1,5 +1,5 @@
-"""Training curves in the paper's style (Fig. 1, 4, 6): training error thin, test error bold,
-one colour per network, error (%) against iterations."""
+"""Training curves in the paper's style (Fig. 1, 4, 6): training error dashed, test error bold,
+one colour per network, error (%) against iterations; Fig. 6 puts plain nets left, residual right."""
 
 from __future__ import annotations
 
@@ -17,34 +17,50 @@ def read_metrics(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def plot_curves(runs: dict[str, list[dict]], path: str | Path, title: str | None = None) -> Path:
-    """Plot each run's train and held-out error against iterations; written atomically as PNG."""
+def _draw(ax, runs: dict[str, list[dict]], colours: dict[str, str]) -> None:
+    """One panel: each run's training error (dashed) and held-out error (bold) against iterations."""
+    for label, rows in runs.items():
+        steps = [r["step"] for r in rows]
+        held_out = "test_top1_error" if any("test_top1_error" in r for r in rows) else "val_top1_error"
+        marker = "o" if len(rows) < 3 else None  # a line through one point would draw nothing
+        ax.plot(steps, [100 * r["train_error"] for r in rows], color=colours[label], linewidth=0.9,
+                linestyle="--", marker=marker, markersize=3)
+        ax.plot(steps, [100 * r.get(held_out, float("nan")) for r in rows], color=colours[label], linewidth=2.2,
+                marker=marker, markersize=4, label=label)
+    ax.set_xlabel("iterations")
+    ax.grid(alpha=0.3)
+    ax.legend(title="bold: test, dashed: train", fontsize=8, title_fontsize=8)
+
+
+def plot_panels(panels: dict[str, dict[str, list[dict]]], path: str | Path, title: str | None = None,
+                colours: dict[str, str] | None = None) -> Path:
+    """Panels side by side sharing the y axis (Fig. 6: plain left, residual right); written atomically as PNG.
+
+    `colours` maps run labels to colours (e.g. one per depth, the same in every panel).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (label, rows) in enumerate(runs.items()):
-        colour = colours[i % len(colours)]
-        steps = [r["step"] for r in rows]
-        held_out = "test_top1_error" if any("test_top1_error" in r for r in rows) else "val_top1_error"
-        ax.plot(steps, [100 * r["train_error"] for r in rows], color=colour, linewidth=0.8, linestyle="--")
-        ax.plot(steps, [100 * r.get(held_out, float("nan")) for r in rows], color=colour, linewidth=2.2,
-                label=label)
-    ax.set_xlabel("iterations")
-    ax.set_ylabel("error (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(title="bold: test, dashed: train", fontsize=8, title_fontsize=8)
+    labels = [label for runs in panels.values() for label in runs]
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = colours or {label: cycle[i % len(cycle)] for i, label in enumerate(dict.fromkeys(labels))}
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), dpi=120, sharey=True, squeeze=False)
+    for ax, (name, runs) in zip(axes[0], panels.items()):
+        _draw(ax, runs, colours)
+        if name:
+            ax.set_title(name)
+    axes[0][0].set_ylabel("error (%)")
     if title:
-        ax.set_title(title)
+        fig.suptitle(title)
     fig.tight_layout()
-
-    def write(tmp: str) -> None:
-        fig.savefig(tmp, format="png")
-
     try:
-        return atomic_write(path, write)
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     finally:
         plt.close(fig)
+
+
+def plot_curves(runs: dict[str, list[dict]], path: str | Path, title: str | None = None) -> Path:
+    """One panel of runs (a single run's curves.png, or several nets compared)."""
+    return plot_panels({"": runs}, path, title=title)

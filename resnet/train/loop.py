@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from resnet import precision
 from resnet.data.loaders import TensorLoader, build_loader
 from resnet.evaluate.metrics import topk_errors
 from resnet.models import create_model, get_spec
@@ -220,20 +221,19 @@ def train(model: str | None = None, data: str | None = None, *, recipe: Recipe |
     train_loader, eval_loaders = finetune.renormalise(net, mean, train_loader, eval_loaders)
     finetune.freeze(net, recipe.freeze)
     cuda = device.type == "cuda"
-    channels_last = cuda and recipe.channels_last
+    channels_last = precision.channels_last(device, recipe.channels_last)
     net = net.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     if dist.enabled and recipe.sync_bn:
         net = distributed.convert_sync_batchnorm(net, device.type)
     ddp = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if cuda else None) if dist.enabled else net
     step_model = torch.compile(ddp) if recipe.compile else ddp
 
-    amp_dtype = torch.bfloat16 if recipe.amp_dtype == "bf16" else torch.float16
-    use_amp = cuda and recipe.amp
+    amp_dtype = precision.amp_dtype(device, recipe.amp, recipe.amp_dtype)
 
     def autocast():
-        return torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp)
+        return precision.autocast(device, amp_dtype)
 
-    scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     optimizer = torch.optim.SGD(finetune.param_groups(net, recipe), lr=recipe.lr, momentum=recipe.momentum,
                                 weight_decay=recipe.weight_decay)
 
@@ -268,7 +268,7 @@ def train(model: str | None = None, data: str | None = None, *, recipe: Recipe |
             atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2))
         say(f"{'resuming' if resume else 'training'} {model} on {data} ({info.num_classes} classes) -> {run_dir}")
         say(f"device {device}, {dist.world_size} process(es), {total_steps} iterations, "
-            f"{steps_per_epoch} per epoch, amp {use_amp and recipe.amp_dtype}, channels_last {channels_last}")
+            f"{steps_per_epoch} per epoch, {precision.describe(amp_dtype, channels_last)}")
         say(f"recipe {recipe.name}:\n{describe(recipe)}")
 
     def save_checkpoint(best: bool = False) -> None:
@@ -309,7 +309,8 @@ def train(model: str | None = None, data: str | None = None, *, recipe: Recipe |
 
     # --- the loop
     last_row: dict = {}
-    bar = Progress(total_steps, initial=step, enabled=dist.is_main, force_bar=progress, log_every=recipe.log_every)
+    bar = Progress(total_steps, initial=step, enabled=dist.is_main, force_bar=progress, log_every=recipe.log_every,
+                   show_top5=info.num_classes > 5)
     steps_this_call = 0
     step_model.train()
     with StopFlag() as stop:
@@ -341,7 +342,7 @@ def train(model: str | None = None, data: str | None = None, *, recipe: Recipe |
                 elapsed += time.perf_counter() - tick
                 if schedule.warming:
                     schedule.observe_train_error(wrong.item() / len(y))
-                bar.update(step, epoch, lambda: {"loss": loss.item(), "err": wrong.item() / len(y), "lr": lr,
+                bar.update(step, epoch, lambda: {"loss": loss.item(), "err%": 100 * wrong.item() / len(y), "lr": lr,
                                                  "img/s": len(y) * dist.world_size / max(bar.step_time(), 1e-9)})
                 if step % eval_every == 0 or step == total_steps:
                     last_row = run_evaluation()

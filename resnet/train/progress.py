@@ -14,14 +14,14 @@ class Progress:
     """Shows training progress; the postfix is computed only when it is displayed (no GPU sync per step)."""
 
     def __init__(self, total: int, initial: int = 0, enabled: bool = True, force_bar: bool | None = None,
-                 log_every: int = 50) -> None:
-        self.enabled, self.total, self.log_every = enabled, total, log_every
+                 log_every: int = 50, show_top5: bool = True) -> None:
+        self.enabled, self.total, self.log_every, self.show_top5 = enabled, total, log_every, show_top5
         self.use_bar = enabled and (sys.stderr.isatty() if force_bar is None else force_bar)
         self.bar = tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True, file=sys.stderr) \
             if self.use_bar else None
-        self.start, self.start_step = time.perf_counter(), initial
-        self.last_time, self.last_step = self.start, initial
+        self.last_time, self.last_step = time.perf_counter(), initial
         self._step_time = 0.0
+        self._smoothed: float | None = None  # seconds per training step, evaluations excluded
 
     def step_time(self) -> float:
         """Seconds per step, averaged since the last display."""
@@ -37,14 +37,15 @@ class Progress:
         now = time.perf_counter()
         self._step_time = (now - self.last_time) / max(step - self.last_step, 1)
         self.last_time, self.last_step = now, step
+        ema = self._smoothed
+        self._smoothed = self._step_time if ema is None else 0.7 * ema + 0.3 * self._step_time
         values = postfix()
         if self.bar is not None:
             self.bar.set_description(f"epoch {epoch + 1}")
             self.bar.set_postfix({k: f"{v:.3g}" for k, v in values.items()}, refresh=False)
             self.bar.update(step - self.bar.n)
             return
-        rate = (step - self.start_step) / max(now - self.start, 1e-9)
-        eta = (self.total - step) / max(rate, 1e-9)
+        eta = (self.total - step) * self._smoothed
         fields = "  ".join(f"{k} {v:.4g}" for k, v in values.items())
         print(f"step {step}/{self.total}  epoch {epoch + 1}  {fields}  eta {_duration(eta)}", flush=True)
 
@@ -55,9 +56,20 @@ class Progress:
         parts = [f"step {row['step']}", f"train err {100 * row['train_error']:.2f}%"]
         for key in ("val", "test"):
             if f"{key}_top1_error" in row:
-                parts.append(f"{key} err {100 * row[f'{key}_top1_error']:.2f}% (top-5 {100 * row[f'{key}_top5_error']:.2f}%)")
+                top5 = f" (top-5 {100 * row[f'{key}_top5_error']:.2f}%)" if self.show_top5 else ""
+                parts.append(f"{key} err {100 * row[f'{key}_top1_error']:.2f}%{top5}")
         parts.append(f"{row['images_per_sec']:.0f} img/s")
-        (self.bar.write if self.bar is not None else print)("  ".join(parts))
+        if self.bar is not None:
+            self.bar.write("  ".join(parts))
+        else:
+            print("  ".join(parts), flush=True)
+        self.resume_clock()
+
+    def resume_clock(self) -> None:
+        """Call after a pause (an evaluation): the pause does not count in step time, rate or ETA."""
+        self.last_time = time.perf_counter()
+        if self.bar is not None:
+            self.bar.unpause()
 
     def close(self) -> None:
         if self.bar is not None:

@@ -7,6 +7,10 @@ import difflib
 from dataclasses import dataclass, fields
 
 
+CHOICES = {"schedule": ("step", "plateau", "cosine"), "warmup": ("auto", "on", "off"), "device": ("auto", "cpu", "cuda"),
+           "amp_dtype": ("bf16", "fp16"), "device_loader": ("auto", "on", "off")}
+
+
 @dataclass
 class Recipe:
     """Everything a training run needs besides the model and data names."""
@@ -34,9 +38,9 @@ class Recipe:
     seed: int = 0
     subset: int | None = None  # train on the first N training images
     device: str = "auto"  # "auto", "cpu" or "cuda"
-    amp: bool = True  # mixed precision on CUDA
+    amp: bool | None = None  # mixed precision; None: on CUDA and on CPUs with native bf16 (resnet.precision)
     amp_dtype: str = "bf16"  # "bf16" or "fp16" (with a grad scaler)
-    channels_last: bool = True  # on CUDA
+    channels_last: bool | None = None  # NHWC activations; None: wherever amp is on by default
     compile: bool = False  # torch.compile the model
     sync_bn: bool = False  # synchronise BN statistics across processes
     num_workers: int | None = None  # data-loader workers per process (default: from the CPU count)
@@ -45,9 +49,7 @@ class Recipe:
 
     def validate(self) -> Recipe:
         """Check option values, raising one line that names the option."""
-        choices = {"schedule": ("step", "plateau", "cosine"), "warmup": ("auto", "on", "off"), "device": ("auto", "cpu", "cuda"),
-                   "amp_dtype": ("bf16", "fp16"), "device_loader": ("auto", "on", "off")}
-        for option, allowed in choices.items():
+        for option, allowed in CHOICES.items():
             if getattr(self, option) not in allowed:
                 raise ValueError(f"invalid --{option.replace('_', '-')} {getattr(self, option)!r}; allowed: {', '.join(allowed)}")
         for option in ("batch_size", "iters", "epochs", "subset", "eval_every", "eval_subset", "plateau_patience"):
@@ -109,7 +111,15 @@ def recipe_from_dict(data: dict) -> Recipe:
 def describe(recipe: Recipe) -> str:
     """The recipe as aligned `field: value` lines, printed at the start of a run."""
     width = max(len(f.name) for f in fields(Recipe))
-    return "\n".join(f"  {f.name:<{width}}  {getattr(recipe, f.name)}" for f in fields(Recipe))
+
+    def shown(name: str):
+        value = getattr(recipe, name)
+        return value if value is not None else ("auto" if name in AUTO_FIELDS else "-")
+
+    return "\n".join(f"  {f.name:<{width}}  {shown(f.name)}" for f in fields(Recipe))
+
+
+AUTO_FIELDS = ("amp", "channels_last", "num_workers")  # None means: chosen for the device at run time
 
 
 __all__ = ["Recipe", "RECIPES", "get_recipe", "recipe_from_dict", "describe"]

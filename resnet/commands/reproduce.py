@@ -1,0 +1,59 @@
+"""The paper's CIFAR experiments from one command, resumable, with the paper's numbers beside ours.
+
+Experiments:
+  table6       plain 20/32/44/56/110 and residual 20/32/44/56/110 (add 1202 with --depths), paper-cifar recipe
+  shortcuts    options A, B, C at one depth (default 32): the CIFAR-scale analog of Table 3
+  fig7         layer responses of plain/residual 20 and 56 and residual 110 (reuses table6 runs in --out)
+  degradation  the CPU miniature that `make demo` runs
+
+Runs are ordinary run directories under --out. Running the same command again skips finished runs and
+resumes stopped ones exactly (Ctrl-C safe); another --budget or recipe on an existing --out is refused.
+After every finished run, --out gets report.md, report.json and figure6.png.
+
+Examples:
+  resnet reproduce table6 --data cifar10 --download            # the paper: 64k iterations per net
+  resnet reproduce table6 --data fashion-mnist --depths 20 56 --budget 0.1
+  resnet reproduce shortcuts --data cifar10 --seeds 3 --jobs 3
+  resnet reproduce fig7 --data cifar10 --out runs/table6-cifar10
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+EXPERIMENTS = ("table6", "shortcuts", "fig7", "degradation")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("experiment", choices=EXPERIMENTS, help="which experiment")
+    p.add_argument("--data", default="cifar10", choices=["cifar10", "fashion-mnist"],
+                   help="dataset (default: cifar10; the paper's numbers are for CIFAR-10)")
+    p.add_argument("--depths", type=int, nargs="+", help="depths to run (6n+2; default: the experiment's)")
+    p.add_argument("--budget", type=float, default=1.0,
+                   help="fraction of the paper's 64k iterations, lr drops scaled with it (default: 1, the paper)")
+    p.add_argument("--seeds", type=int, default=1, help="runs per net; the report gives best (mean±std) (default: 1)")
+    p.add_argument("--jobs", type=int,
+                   help="runs trained at once in separate processes (default: 1 on the CPU, 4 on a GPU)")
+    p.add_argument("--out", help="suite folder (default: runs/EXPERIMENT-DATA)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train (default: auto)")
+    p.add_argument("--data-dir", help="dataset folder (default: the usual places)")
+    p.add_argument("--download", action="store_true", help="download the dataset if it is missing")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar for each run (default: when stderr is a terminal)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from resnet.reproduce import reproduce
+    from resnet.train.loop import Interrupted
+
+    command = "resnet " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["reproduce"] else ""
+    try:
+        reproduce(args.experiment, args.data, depths=args.depths, budget=args.budget, seeds=args.seeds,
+                  jobs=args.jobs, out=args.out, device=args.device, data_dir=args.data_dir,
+                  download=args.download, progress=args.progress, command=command)
+    except Interrupted as e:
+        print("resnet reproduce: stopped; run the same command again to continue", file=sys.stderr)
+        return e.exit_code
+    return 0

@@ -1,0 +1,103 @@
+"""The paper's experiments from one call: `reproduce("table6", data="cifar10", budget=1)`.
+
+Each run is an ordinary run directory under `out`; calling again skips finished runs and resumes
+stopped ones. After every finished run the report (report.md/json, figure6.png) is rewritten.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from resnet.checkpoint import atomic_write_text
+from resnet.reproduce.experiments import DEGRADATION, EXPERIMENTS, PAPER_TABLE6, plan, recipe_for
+from resnet.reproduce.report import aggregate, format_table, plot_figure6, write_report
+from resnet.reproduce.suite import run_all
+
+DATA = ("cifar10", "fashion-mnist")
+
+
+def default_jobs(device: str) -> int:
+    """1 on the CPU (one run already uses every core); 4 on a GPU, where one CIFAR run at batch 128 leaves
+    most of a large GPU idle (a guess until measured on one: see README)."""
+    import torch
+
+    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    return 4 if cuda else 1
+
+
+def reproduce(experiment: str, data: str = "cifar10", *, depths: tuple[int, ...] | None = None,
+              budget: float = 1.0, seeds: int = 1, jobs: int | None = None, out: str | Path | None = None,
+              device: str = "auto", data_dir: str | None = None, download: bool = False,
+              progress: bool | None = None, command: str = "") -> dict:
+    """Train what is missing of `experiment`, then write and return its report entry."""
+    if data not in DATA:
+        raise ValueError(f"invalid --data {data!r}; the CIFAR experiments run on: {', '.join(DATA)}")
+    specs = plan(experiment, tuple(depths) if depths else None, seeds)
+    recipe = recipe_for(experiment, budget, device)
+    out = Path(out or f"runs/{experiment}-{data}")
+    jobs = jobs or default_jobs(device)
+    if jobs < 1:
+        raise ValueError(f"invalid --jobs {jobs}; must be at least 1")
+    from resnet.reproduce.suite import check_suite
+
+    check_suite(out, data, budget, recipe)
+    print(f"{experiment} on {data}: {len(specs)} runs of {recipe.iters} iterations (budget {budget}) -> {out}")
+    title = f"{experiment} on {data} (budget {budget})"
+
+    def on_result(_: dict) -> None:  # a partial suite already has its report
+        done = _collect(out, specs)
+        write_report(out, experiment, data, budget, done, command)
+        plot_figure6(out, done, out / "figure6.png", title)
+
+    results = run_all(specs, recipe, out, data, data_dir=data_dir, download=download, jobs=jobs,
+                      progress=progress, on_result=on_result)
+    report = write_report(out, experiment, data, budget, results, command)
+    plot_figure6(out, results, out / "figure6.png", title)
+    if experiment == "fig7":
+        _fig7(out, results, data, data_dir, download)
+    if experiment == "degradation":
+        _degradation_summary(out, results)
+    print("\n" + format_table(aggregate(results, data)))
+    print(f"\nreport: {out / 'report.md'}; figure: {out / 'figure6.png'}")
+    return report[experiment]
+
+
+def _collect(out: Path, specs) -> list[dict]:
+    from resnet.reproduce.suite import finished
+
+    return [r for r in (finished(out / s.name) for s in specs) if r is not None]
+
+
+def _fig7(out: Path, results: list[dict], data: str, data_dir: str | None, download: bool) -> None:
+    """Layer responses (Fig. 7) of the trained nets, seed 0 of each: out/fig7.png and out/fig7/responses.json."""
+    from resnet.evaluate.analysis import analyze_responses, plot_responses
+
+    chosen = [out / r["name"] for r in results if r["seed"] == 0]
+    result = analyze_responses(chosen, data, data_dir=data_dir, out=out / "fig7", download=download, progress=None)
+    plot_responses(result["networks"], out / "fig7.png")
+
+
+def _degradation_summary(out: Path, results: list[dict]) -> None:
+    """The demo's results.json (net, kind, depth, train_error, test_error as fractions) and its verdict line."""
+    rows = [{"net": r["model"], "kind": r["kind"], "depth": r["depth"], "seed": r["seed"],
+             "train_error": r["train_error"], "test_error": r["test_error"]} for r in results]
+    atomic_write_text(out / "results.json", json.dumps({"config": DEGRADATION.__dict__, "results": rows}, indent=2))
+    print("\n" + verdict(rows))
+
+
+def verdict(rows: list[dict]) -> str:
+    """One line: how training and test error change from the shallowest to the deepest net of each kind."""
+    shallow, deep = min(r["depth"] for r in rows), max(r["depth"] for r in rows)
+    parts = []
+    for kind in ("plain", "resnet"):
+        mine = [r for r in rows if r["kind"] == kind and r.get("seed", 0) == 0]
+        by = {r["depth"]: r for r in mine}
+        if shallow in by and deep in by and shallow != deep:
+            a, b = by[shallow], by[deep]
+            parts.append(f"{kind}-{deep} vs {kind}-{shallow}: training error {100 * (b['train_error'] - a['train_error']):+.2f}, "
+                         f"test error {100 * (b['test_error'] - a['test_error']):+.2f} points")
+    return "; ".join(parts)
+
+
+__all__ = ["DATA", "EXPERIMENTS", "PAPER_TABLE6", "reproduce", "verdict"]

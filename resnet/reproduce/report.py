@@ -1,0 +1,103 @@
+"""The suite's report beside the paper's numbers: report.json, report.md, figure6.png (and fig7.png).
+
+Several seeds of one net are summarised the way the paper reports ResNet-110: "best (mean±std)",
+the std being the sample standard deviation over seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+from resnet.checkpoint import atomic_write_text
+from resnet.reproduce.experiments import PAPER_TABLE6
+from resnet.train.curves import plot_panels, read_metrics
+
+
+def aggregate(results: list[dict], data: str) -> list[dict]:
+    """One row per net (its seeds together), in the order the nets first appear."""
+    groups: dict[str, list[dict]] = {}
+    for r in results:
+        groups.setdefault(r["label"], []).append(r)
+    rows = []
+    for label, runs in groups.items():
+        test = [r["test_error"] for r in runs]
+        paper = PAPER_TABLE6.get(label) if data == "cifar10" else None
+        mean = statistics.fmean(test)
+        rows.append({
+            "net": label, "kind": runs[0]["kind"], "depth": runs[0]["depth"], "seeds": len(runs),
+            "test_error_mean": mean, "test_error_std": statistics.stdev(test) if len(test) > 1 else 0.0,
+            "test_error_best": min(test),
+            "best_val_test_error_mean": statistics.fmean(r["best_val_test_error"] for r in runs),
+            "train_error_mean": statistics.fmean(r["train_error"] for r in runs),
+            "iterations": runs[0]["iterations"], "train_seconds_mean": statistics.fmean(r["train_seconds"] for r in runs),
+            "paper_test_error": None if paper is None else paper / 100,
+            "difference": None if paper is None else mean - paper / 100,
+        })
+    return rows
+
+
+def _pct(x: float | None) -> str:
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
+
+
+def format_table(rows: list[dict]) -> str:
+    """A markdown table: errors in %, "best (mean±std)" where a net has several seeds."""
+    head = ("net", "seeds", "test err %", "best-on-val test err %", "train err %", "iterations", "train time",
+            "paper %", "ours - paper")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        test = _pct(r["test_error_mean"])
+        if r["seeds"] > 1:
+            test = f"{_pct(r['test_error_best'])} ({test}±{_pct(r['test_error_std'])})"
+        diff = "" if r["difference"] is None else f"{100 * r['difference']:+.2f}"
+        minutes = r["train_seconds_mean"] / 60
+        cells = (r["net"], str(r["seeds"]), test, _pct(r["best_val_test_error_mean"]), _pct(r["train_error_mean"]),
+                 str(r["iterations"]), f"{minutes:.1f} min", _pct(r["paper_test_error"]), diff)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(out: Path, experiment: str, data: str, budget: float, results: list[dict],
+                 command: str = "") -> dict:
+    """Update out/report.json with this experiment's rows and re-render out/report.md from it."""
+    path = out / "report.json"
+    report = json.loads(path.read_text()) if path.exists() else {}
+    report[experiment] = {"data": data, "budget": budget, "command": command, "rows": aggregate(results, data),
+                          "runs": results}
+    atomic_write_text(path, json.dumps(report, indent=2))
+    parts = [f"# Reproduction report ({out})", ""]
+    for name, entry in report.items():
+        parts += [f"## {name} on {entry['data']}, budget {entry['budget']} of the paper's 64k iterations", ""]
+        if entry.get("command"):
+            parts += [f"Command: `{entry['command']}`", ""]
+        parts += [format_table(entry["rows"]), ""]
+        if entry["data"] != "cifar10":
+            parts += ["The paper reports CIFAR-10 only: no paper column for this data.", ""]
+    atomic_write_text(out / "report.md", "\n".join(parts))
+    return report
+
+
+def plot_figure6(out: Path, results: list[dict], path: Path, title: str) -> Path | None:
+    """Fig. 6 layout: plain nets left, residual right, same y axis, one colour per depth (seed 0 curves)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first = [r for r in results if r["seed"] == min(x["seed"] for x in results if x["label"] == r["label"])]
+    depths = sorted({r["depth"] for r in first})
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours, panels = {}, {"plain": {}, "residual": {}}
+    for r in first:
+        label = f"{r['kind']}-{r['depth']}" + (r["label"][len(r["model"]):] if r["label"] != r["model"] else "")
+        colours[label] = cycle[depths.index(r["depth"]) % len(cycle)]
+        panels["plain" if r["kind"] == "plain" else "residual"][label] = read_metrics(out / r["name"] / "metrics.jsonl")
+    panels = {k: v for k, v in panels.items() if v}
+    if not panels:
+        return None
+    if len(colours) > len(depths) * len(panels):  # several nets of one depth in a panel (shortcuts A/B/C)
+        colours = {label: cycle[i % len(cycle)] for i, label in enumerate(colours)}
+    return plot_panels(panels, path, title=title, colours=colours)
