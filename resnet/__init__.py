@@ -6,7 +6,8 @@ import importlib
 
 __version__ = "0.1.0"
 __all__ = ["create_model", "list_models", "load_model", "__version__"]
-_LAZY = {"create_model": "resnet.models", "list_models": "resnet.models", "load_model": "resnet.checkpoint"}
+# resnet.weights.create_model is the registry's create_model plus pretrained=NAME_OR_PATH
+_LAZY = {"create_model": "resnet.weights", "list_models": "resnet.models", "load_model": "resnet.checkpoint"}
 
 
 def __getattr__(name: str):

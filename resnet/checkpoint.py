@@ -1,7 +1,7 @@
 """Checkpoints: weights as safetensors, training state as a tensors-only torch file.
 
-Weights are a `.safetensors` file (the state dict, the input mean as `input_mean`, and JSON
-metadata: model name, options, classes, dataset, image size). A training checkpoint is a folder
+Weights are a `.safetensors` file (the state dict, the input mean as `input_mean` and, for weights
+trained on (x - mean) / std, the std as `input_std`, and JSON metadata: model name, options, classes, dataset, image size). A training checkpoint is a folder
 `checkpoints/step-NNNNNNN/` holding `model.safetensors` and `state.pt` (optimizer, scheduler,
 scaler, step, RNG states; loaded with `weights_only=True`); the symlinks `checkpoints/last` and
 `checkpoints/best` point at such folders and are switched by one rename each, so the weights and
@@ -36,6 +36,7 @@ LINKS = {"last.safetensors": ("last", WEIGHTS), "last.state.pt": ("last", STATE)
 def temporary_name(path: Path) -> Path:
     """A fresh hidden name beside `path` (`.NAME.XXXXXXXX.tmp`), for writing before a rename."""
     return path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+STD_KEY = "input_std"
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
@@ -93,14 +94,14 @@ def model_meta(model: nn.Module, **extra: Any) -> dict:
 
 
 def save_weights(path: str | Path, model: nn.Module, meta: dict | None = None,
-                 input_mean: torch.Tensor | None = None) -> Path:
-    """Write the model's state dict (and input mean) as safetensors with JSON metadata."""
+                 input_mean: torch.Tensor | None = None, input_std: torch.Tensor | None = None) -> Path:
+    """Write the model's state dict (and input mean and std) as safetensors with JSON metadata."""
     net = unwrap(model)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
-    if input_mean is None:
-        input_mean = getattr(net, "input_mean", None)
-    if input_mean is not None:
-        tensors[MEAN_KEY] = input_mean.detach().to("cpu", torch.float32).contiguous()
+    for key, value, attribute in ((MEAN_KEY, input_mean, "input_mean"), (STD_KEY, input_std, "input_std")):
+        value = getattr(net, attribute, None) if value is None else value
+        if value is not None:
+            tensors[key] = value.detach().to("cpu", torch.float32).contiguous()
     metadata = {META_KEY: json.dumps(meta if meta is not None else model_meta(net))}
 
     def write(tmp: str) -> None:
@@ -129,7 +130,10 @@ def weights_path(path: str | Path, which: str = "best") -> Path:
 
 
 def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict, torch.Tensor | None]:
-    """(state dict, metadata, input mean or None) from a .safetensors checkpoint."""
+    """(state dict, metadata, input mean or None) from a .safetensors checkpoint.
+
+    A stored `input_std` tensor is returned in the metadata as `input_std` (a list, one value per channel).
+    """
     path = weights_path(path)
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -140,6 +144,9 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict, torch
     if not isinstance(meta, dict):
         raise ValueError(f"{path}: its {META_KEY!r} metadata is a {type(meta).__name__}, not a JSON object")
     mean = tensors.pop(MEAN_KEY, None)
+    std = tensors.pop(STD_KEY, None)
+    if std is not None:
+        meta["input_std"] = std.flatten().tolist()
     return tensors, meta, mean
 
 
@@ -184,7 +191,8 @@ def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], so
 def load_model(path: str | Path, device: str | torch.device = "cpu", which: str = "best") -> nn.Module:
     """The trained network from a run directory or a .safetensors checkpoint, in eval mode.
 
-    The returned model carries `.meta` (classes, dataset, image size, ...) and `.input_mean`.
+    The returned model carries `.meta` (classes, dataset, image size, ...), `.input_mean` and `.input_std`
+    ([C,1,1], or None when the weights expect only the mean subtracted).
     """
     from resnet.models import create_model
 
@@ -199,6 +207,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", which: str 
     load_state_dict_checked(model, state, str(file), meta["model"])
     model.meta = meta
     model.input_mean = mean
+    std = meta.get("input_std")
+    model.input_std = None if std is None else torch.tensor(std, dtype=torch.float32).reshape(-1, 1, 1)
     return model.to(device).eval()
 
 

@@ -4,9 +4,9 @@ Both libraries use the state-dict names of this project's ImageNet nets (conv1, 
 downsample.0/.1, fc) and put the bottleneck's stride in its 3x3 conv ("v1.5"), so the network is
 built with `bottleneck_stride="3x3"` and projection shortcuts (option B), and the keys load as they
 are. Their weights were trained on (x - mean) / std with ImageNet's per-channel mean and std;
-the checkpoint stores the mean as `input_mean` [3,1,1] and the std as `input_std` in its metadata,
-and `resnet eval`/`predict`/`analyze` divide by it, so the converted model sees exactly the input
-the source model saw and gives the same logits.
+the checkpoint stores them as `input_mean` and `input_std` [3,1,1], and `resnet eval`/`predict`/
+`analyze` normalise with both, so the converted model sees exactly the input the source model saw
+and gives the same logits. (`resnet.weights` names the published files and downloads them.)
 """
 
 from __future__ import annotations
@@ -80,9 +80,11 @@ def convert(source: str, src: str | Path, model_name: str, out: str | Path, clas
     names = read_classes(classes, num_classes)
     meta = {"model": model_name, "options": model.options, "classes": names, "class_names": names,
             "dataset": "imagenet", "image_size": image_size, "style": "imagenet",
-            "input_std": list(IMAGENET_STD), "source": {"from": source, "file": str(src)}}
+            "source": {"from": source, "file": str(src)}}
     mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).reshape(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).reshape(3, 1, 1)
     if in_channels != 3:
-        mean, meta["input_std"] = torch.zeros(in_channels, 1, 1), None
-    path = save_weights(out, model, meta, mean)
-    return {"out": str(path), "model": model_name, "num_classes": num_classes, "tensors": len(state), **meta}
+        mean, std = torch.zeros(in_channels, 1, 1), None
+    path = save_weights(out, model, meta, mean, std)
+    return {"out": str(path), "model": model_name, "num_classes": num_classes, "tensors": len(state), **meta,
+            "input_std": None if std is None else std.flatten().tolist()}

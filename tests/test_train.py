@@ -54,7 +54,7 @@ def test_command_line_overrides():
         3, None, 64, 0.05, False, 100)
     assert recipe.weight_decay == 1e-4  # untouched fields keep the recipe's value
     with pytest.raises(ValueError, match="--schedule"):
-        get_recipe("paper-cifar", schedule="cosine")
+        get_recipe("paper-cifar", schedule="linear")
     with pytest.raises(ValueError, match="paper-cifar"):
         get_recipe("paper-cifr")
     with pytest.raises(ValueError, match="--batch-size"):

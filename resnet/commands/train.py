@@ -5,6 +5,7 @@ Examples:
   resnet train --model resnet20 --data fashion-mnist --epochs 3 --subset 5000
   resnet train --model resnet20 --data folder --data-dir my-images      # small images: CIFAR protocol, native size
   resnet train --resume runs/r20
+  resnet train --model resnet50 --init torchvision-v2 --data folder --data-dir DIR --recipe finetune --freeze 1
   torchrun --nproc_per_node=4 -m resnet train --model resnet50 --data imagenet --data-dir /data/imagenet --recipe paper-imagenet
 """
 
@@ -25,7 +26,7 @@ FIELD_HELP = {
     "iters": "total iterations (folder/imagenet data: epochs unless given)",
     "epochs": "total epochs (instead of --iters; folder/imagenet data default: the recipe's length in epochs of "
               "the paper's data, 182 for paper-cifar, 120 for paper-imagenet)",
-    "schedule": "step: lr/10 at --lr-drops; plateau: lr/10 when validation error stalls",
+    "schedule": "step: lr/10 at --lr-drops; plateau: lr/10 when validation error stalls; cosine: to 0",
     "lr_drops": "fractions of training where lr is divided by 10",
     "plateau_patience": "evaluations without improvement before lr/10 (plateau schedule)",
     "warmup": "lr --warmup-lr until training error < --warmup-error (auto: ResNet-110 and deeper, as the paper)",
@@ -43,6 +44,9 @@ FIELD_HELP = {
     "style": "folder/imagenet data: auto (small-image protocol for images up to 64 px), small (CIFAR protocol at "
              "native size: pad 4, random crop, flip) or imagenet (scale augmentation, 224 crops)",
     "image_size": "folder/imagenet data: the network's input side (auto: the images' size, or 224)",
+    "warmup_fraction": "linear lr warm-up over this fraction of training",
+    "decay_bn_bias": "weight decay on BN parameters and biases too", "freeze": "keep the stem and the first N "
+    "stages fixed, BN included (fine-tuning)", "head_lr_mult": "the classifier's lr is --lr times this",
 }
 
 
@@ -90,6 +94,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="run directory (default: runs/MODEL-DATA-TIME); must not hold another run")
     p.add_argument("--overwrite", action="store_true", help="replace the run that --out holds")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run where it stopped (in RUN_DIR)")
+    p.add_argument("--init", metavar="NAME_OR_PATH",
+                   help="start from pretrained weights: a name from `resnet weights` (e.g. torchvision-v2), our "
+                        "checkpoint or run directory, or a torchvision/timm state dict; a classifier of another "
+                        "size is re-initialised")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: when stderr is a terminal)")
     add_model_options(p)
@@ -139,6 +147,9 @@ def run(args: argparse.Namespace) -> int:
         if given:
             print(f"resnet train: warning: a resumed run keeps its saved recipe; ignoring {' '.join(given)}",
                   file=sys.stderr)
+        if args.init:
+            print("resnet train: warning: a resumed run continues from its own checkpoint; ignoring --init",
+                  file=sys.stderr)
     recipe = None
     if not args.resume:
         recipe, notes = recipe_and_notes(args)
@@ -147,7 +158,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         train(args.model, args.data, recipe=recipe, out=args.out,
               data_dir=args.data_dir, resume=args.resume, model_options=model_options(args),
-              download=args.download, progress=args.progress, overwrite=args.overwrite)
+              download=args.download, progress=args.progress, overwrite=args.overwrite,
+              init=None if args.resume else args.init)
     except Interrupted as e:
         return e.exit_code
     except TrainingDiverged as e:

@@ -34,6 +34,8 @@ class NetworkSpec:
 class ResNet(nn.Module):
     """A residual (or plain) network; state-dict names follow torchvision."""
 
+    frozen_stages: int | None = None  # fine-tuning (`--freeze N`): the stem and the first N stages are fixed
+
     def __init__(
         self,
         spec: NetworkSpec,
@@ -102,6 +104,19 @@ class ResNet(nn.Module):
     @property
     def stages(self) -> list[nn.Sequential]:
         return [getattr(self, info["module"]) for info in self.feature_info]
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """The stem and the first `frozen_stages` stages, when some are frozen."""
+        if self.frozen_stages is None:
+            return []
+        return [self.conv1, self.bn1, *self.stages[:self.frozen_stages]]
+
+    def train(self, mode: bool = True) -> ResNet:
+        """nn.Module.train, except that frozen modules stay in eval mode (their BN statistics do not move)."""
+        super().train(mode)
+        for module in self.frozen_modules():
+            module.eval()
+        return self
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         """conv1 (+ max pool for ImageNet nets)."""

@@ -32,7 +32,7 @@ from resnet import strictjson
 from resnet.checkpoint import (atomic_write_text, last_checkpoint, load_state_dict_checked, load_weights, model_meta,
                                prune_checkpoints, save_training_checkpoint, unwrap)
 from resnet.faults import fault_point
-from resnet.train import distributed, rundir
+from resnet.train import distributed, finetune, rundir
 from resnet.train.curves import plot_curves, read_metrics
 from resnet.train.progress import Progress
 from resnet.train.recipes import Recipe, describe, recipe_from_dict
@@ -179,12 +179,15 @@ class StopFlag:
 def train(model: str | None = None, data: str | None = None, *, recipe: Recipe | None = None,
           out: str | Path | None = None, data_dir: str | None = None, resume: str | Path | None = None,
           model_options: dict | None = None, download: bool = False, progress: bool | None = None,
-          stop_after: int | None = None, overwrite: bool = False) -> dict:
+          stop_after: int | None = None, overwrite: bool = False, init: str | Path | None = None) -> dict:
     """Train `model` on `data` with `recipe`, writing a run directory; returns the last evaluation row.
 
-    `resume` continues a run directory where it stopped; `out` may not hold another run unless
-    `overwrite`. `stop_after` (testing) stops as if interrupted after that many steps of this call.
+    `init` starts from pretrained weights: a name (`resnet weights`), a checkpoint or run directory, or a
+    torchvision/timm state dict (see train/finetune.py). `resume` continues a run directory where it
+    stopped; `out` may not hold another run unless `overwrite`. `stop_after` (testing) stops as if
+    interrupted after that many steps of this call.
     """
+    pretrained, init_notes = None, []
     # --- configuration: fresh or from the run being resumed
     if resume is not None:
         run_dir = Path(resume)
@@ -205,9 +208,13 @@ def train(model: str | None = None, data: str | None = None, *, recipe: Recipe |
         get_spec(model)  # fail on a bad name before loading data
         recipe = (recipe or Recipe()).validate()
         model_options = dict(model_options or {})
+        if init is not None:
+            pretrained, model_options, init_notes = finetune.read_init(model, init, model_options)
         run_dir = Path(out) if out else Path("runs") / f"{model}-{data}-{time.strftime('%Y%m%d-%H%M%S')}"
         config = {"model": model, "data": data, "model_options": model_options, "recipe": asdict(recipe),
                   "data_dir": str(Path(data_dir).expanduser().resolve()) if data_dir else None}  # resumable anywhere
+        if pretrained is not None:
+            config["init"] = {"given": str(init), "weights": pretrained.source}
 
     device = resolve_device(recipe.device)
     dist = distributed.setup(device.type)
@@ -223,12 +230,18 @@ def train(model: str | None = None, data: str | None = None, *, recipe: Recipe |
     # --- data and model
     train_loader, eval_loaders, info, mean = make_data(data, data_dir, recipe, dist, device, download)
     net = make_model(model, info, mean, model_options)
+    for note in init_notes + (finetune.load_init(net, pretrained, mean) if pretrained is not None else []):
+        say(note)
     ckpt_dir = run_dir / "checkpoints"
     state = None
     if resume is not None:
         weights_file, state = last_checkpoint(ckpt_dir)
-        weights, _, _ = load_weights(weights_file)
+        weights, saved_meta, saved_mean = load_weights(weights_file)
         load_state_dict_checked(net, weights, str(weights_file), f"{model} ({data})")
+        if config.get("init"):
+            finetune.restore_normalisation(net, saved_meta, saved_mean)
+    train_loader, eval_loaders = finetune.renormalise(net, mean, train_loader, eval_loaders)
+    finetune.freeze(net, recipe.freeze)
     cuda = device.type == "cuda"
     channels_last = precision.channels_last(device, recipe.channels_last)
     net = net.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
@@ -243,7 +256,7 @@ def train(model: str | None = None, data: str | None = None, *, recipe: Recipe |
         return precision.autocast(device, amp_dtype)
 
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    optimizer = torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+    optimizer = torch.optim.SGD(finetune.param_groups(net, recipe), lr=recipe.lr, momentum=recipe.momentum,
                                 weight_decay=recipe.weight_decay)
 
     # --- length of the run
@@ -361,7 +374,7 @@ def train(model: str | None = None, data: str | None = None, *, recipe: Recipe |
                 x, y = _to_device(x, y, device, channels_last)
                 lr = schedule.lr(step)
                 for group in optimizer.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group.get("lr_mult", 1.0)
                 with autocast():
                     logits = step_model(x)
                     loss = F.cross_entropy(logits, y)

@@ -7,7 +7,7 @@ import difflib
 from dataclasses import dataclass, fields
 
 
-CHOICES = {"schedule": ("step", "plateau"), "warmup": ("auto", "on", "off"), "device": ("auto", "cpu", "cuda"),
+CHOICES = {"schedule": ("step", "plateau", "cosine"), "warmup": ("auto", "on", "off"), "device": ("auto", "cpu", "cuda"),
            "amp_dtype": ("bf16", "fp16"), "device_loader": ("auto", "on", "off"), "style": ("auto", "small", "imagenet")}
 
 
@@ -22,12 +22,16 @@ class Recipe:
     weight_decay: float = 1e-4
     iters: int | None = 64_000  # total iterations; `epochs` instead when set
     epochs: int | None = None
-    schedule: str = "step"  # "step": lr / 10 at `lr_drops`; "plateau": lr / 10 when val error stalls
+    schedule: str = "step"  # "step": lr / 10 at `lr_drops`; "plateau": lr / 10 when val error stalls; "cosine"
     lr_drops: tuple[float, ...] = (0.5, 0.75)  # fractions of training: 32k and 48k of 64k
     plateau_patience: int = 3  # evaluations without improvement before lr / 10
     warmup: str = "auto"  # "auto" (ResNet-110 and deeper, as the paper), "on" or "off"
     warmup_lr: float = 0.01  # used until training error < warmup_error
     warmup_error: float = 0.8
+    warmup_fraction: float = 0.0  # lr rises linearly from 0 over this fraction of training
+    decay_bn_bias: bool = True  # weight decay on BN parameters and biases too (the paper decays everything)
+    freeze: int | None = None  # fine-tuning: keep the stem and the first N stages fixed (their BN in eval mode)
+    head_lr_mult: float = 1.0  # fine-tuning: the classifier's lr is lr times this
     val_split: bool = True  # the paper's 45k/5k train/val split for model selection
     eval_every: int | None = None  # iterations between evaluations; default once per epoch
     eval_subset: int | None = None  # evaluate on N held-out images, a seeded class-balanced sample (quick runs)
@@ -57,6 +61,12 @@ class Recipe:
                 raise ValueError(f"invalid --{option.replace('_', '-')} {value}; must be a positive integer")
         if self.lr <= 0:
             raise ValueError(f"invalid --lr {self.lr}; must be positive")
+        if self.head_lr_mult <= 0:
+            raise ValueError(f"invalid --head-lr-mult {self.head_lr_mult}; must be positive")
+        if self.freeze is not None and self.freeze < 0:
+            raise ValueError(f"invalid --freeze {self.freeze}; the number of stages to freeze after the stem, 0 or more")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ValueError(f"invalid --warmup-fraction {self.warmup_fraction}; must be in [0, 1)")
         if (self.iters is None) == (self.epochs is None):
             raise ValueError(f"give one of --iters or --epochs (iters={self.iters}, epochs={self.epochs})")
         return self
@@ -68,6 +78,12 @@ RECIPES: dict[str, Recipe] = {
     # Section 3.4: batch 256, lr 0.1 / 10 when error plateaus, 60x10^4 iterations.
     "paper-imagenet": Recipe(name="paper-imagenet", batch_size=256, iters=600_000, schedule="plateau",
                              val_split=False, eval_every=5_000, warmup="off"),
+    # Fine-tuning pretrained weights on a few thousand images (`--init`): not in the paper; common practice
+    # (timm, fastai): smaller lr with cosine decay after a short linear warm-up, few epochs, no decay on BN
+    # and biases, a 10x lr for the new classifier.
+    "finetune": Recipe(name="finetune", batch_size=64, lr=0.01, iters=None, epochs=10, schedule="cosine",
+                       warmup="off", warmup_fraction=0.05, decay_bn_bias=False, head_lr_mult=10.0,
+                       val_split=False),
 }
 
 # The training sets the paper's iteration counts were set for: CIFAR-10's 45k (after the 5k val split), ImageNet's.

@@ -1,5 +1,6 @@
 """The paper's learning-rate schedules: step drops at fixed iterations, or drops when error plateaus,
-optionally after ResNet-110's warm-up (lr 0.01 until training error falls below 80%)."""
+optionally after ResNet-110's warm-up (lr 0.01 until training error falls below 80%); and, for
+fine-tuning, cosine decay to zero, optionally after a linear warm-up over a fraction of training."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ class LRSchedule:
     def __init__(self, recipe: Recipe, total_iters: int, warmup: bool) -> None:
         self.recipe = recipe
         self.drops = [round(f * total_iters) for f in recipe.lr_drops] if recipe.schedule == "step" else []
+        self.total = total_iters
+        self.ramp = round(recipe.warmup_fraction * total_iters)
         self.warming = warmup
         self.train_error_ema: float | None = None
         self.factor = 1.0  # plateau drops so far
@@ -23,8 +26,11 @@ class LRSchedule:
     def lr(self, step: int) -> float:
         if self.warming:
             return self.recipe.warmup_lr
-        drops = sum(step >= d for d in self.drops)
-        return self.recipe.lr * self.factor * 0.1**drops
+        if self.recipe.schedule == "cosine":
+            lr = self.recipe.lr * 0.5 * (1 + math.cos(math.pi * min(step, self.total) / self.total))
+        else:
+            lr = self.recipe.lr * self.factor * 0.1 ** sum(step >= d for d in self.drops)
+        return lr * (step + 1) / self.ramp if step < self.ramp else lr
 
     def observe_train_error(self, error: float) -> None:
         """End the warm-up once the (smoothed) training error is below the recipe's threshold."""
