@@ -119,6 +119,8 @@ def get_recipe(name: str, **overrides) -> Recipe:
                          f"give one of them")
     if "epochs" in given:
         given["iters"] = None  # --epochs replaces the recipe's iteration count
+    elif "iters" in given:
+        given["epochs"] = None  # and --iters a recipe's epoch count (finetune is in epochs)
     return dataclasses.replace(RECIPES[name], **given).validate()
 
 
