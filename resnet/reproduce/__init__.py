@@ -12,7 +12,7 @@ from pathlib import Path
 from resnet.checkpoint import atomic_write_text
 from resnet.reproduce.experiments import DEGRADATION, EXPERIMENTS, PAPER_TABLE6, plan, recipe_for
 from resnet.reproduce.report import aggregate, format_table, plot_figure6, write_report
-from resnet.reproduce.suite import run_all
+from resnet.reproduce.suite import check_suite, finished, run_all
 
 DATA = ("cifar10", "fashion-mnist")
 
@@ -39,8 +39,6 @@ def reproduce(experiment: str, data: str = "cifar10", *, depths: tuple[int, ...]
     jobs = jobs or default_jobs(device)
     if jobs < 1:
         raise ValueError(f"invalid --jobs {jobs}; must be at least 1")
-    from resnet.reproduce.suite import check_suite
-
     check_suite(out, data, budget, recipe)
     print(f"{experiment} on {data}: {len(specs)} runs of {recipe.iters} iterations (budget {budget}) -> {out}")
     title = f"{experiment} on {data} (budget {budget})"
@@ -64,8 +62,6 @@ def reproduce(experiment: str, data: str = "cifar10", *, depths: tuple[int, ...]
 
 
 def _collect(out: Path, specs) -> list[dict]:
-    from resnet.reproduce.suite import finished
-
     return [r for r in (finished(out / s.name) for s in specs) if r is not None]
 
 
