@@ -140,6 +140,16 @@ def test_a_few_steps_reduce_the_loss(tiny_fashion, tmp_path):
     assert config["recipe"]["iters"] == 48 and config["model"] == "resnet20"
 
 
+@pytest.mark.parametrize("iters, steps", [(10, [4, 8, 10]), (9, [4, 9])])
+def test_last_training_error_covers_at_least_half_an_interval(tiny_fashion, tmp_path, iters, steps):
+    """Evaluations every 4 steps and at the end; one 1 step before the end would leave the last row's training
+    error to a single batch, so it is left out (9 steps: rows at 4 and 9; 10 steps: 4, 8 and 10)."""
+    train("resnet20", "fashion-mnist", data_dir=str(tiny_fashion), recipe=tiny_recipe(iters=iters, eval_every=4),
+          out=tmp_path / "run", model_options=TINY, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == steps
+
+
 def test_checkpoint_round_trip(tiny_fashion, tmp_path):
     run = tmp_path / "run"
     train("resnet20", "fashion-mnist", data_dir=str(tiny_fashion), recipe=tiny_recipe(iters=8),

@@ -53,6 +53,14 @@ class Interrupted(Exception):
 
 # ----------------------------------------------------------------------------- set-up
 
+
+def evaluation_due(step: int, eval_every: int, total_steps: int) -> bool:
+    """Evaluate every `eval_every` steps and after the last one, but leave out a regular evaluation less than half
+    an interval before the end: the last row's training error then covers at least half an interval of batches."""
+    if step == total_steps:
+        return True
+    return step % eval_every == 0 and total_steps - step >= eval_every / 2
+
 def make_data(data: str, data_dir: str | None, recipe: Recipe, dist: distributed.Dist, device: torch.device,
               download: bool):
     """Training loader, held-out loaders by name ('val', and 'test' when the split is held out), info, mean."""
@@ -397,7 +405,7 @@ def train(model: str | None = None, data: str | None = None, *, recipe: Recipe |
                     feed_warmup_errors()
                 bar.update(step, epoch, lambda: {"loss": loss.item(), "err%": 100 * wrong.item() / len(y), "lr": lr,
                                                  "img/s": len(y) * dist.world_size / max(bar.step_time(), 1e-9)})
-                if step % eval_every == 0 or step == total_steps:
+                if evaluation_due(step, eval_every, total_steps):
                     last_row = run_evaluation()
                     bar.log_row(last_row)
                 signum = _agreed_stop(stop.signum, dist, stop_after is not None and steps_this_call >= stop_after,
