@@ -131,11 +131,13 @@ def test_training_subsets_of_a_folder_cover_every_class(tmp_path):
 
     write_folder(tmp_path, size=16, per_class={"train": 40, "val": 20}, classes=4)
     recipe = get_recipe("paper-cifar", subset=24, eval_subset=8, batch_size=4, num_workers=0)
-    train, evals, _, _ = make_data("folder", str(tmp_path), recipe, distributed.Dist(), torch.device("cpu"), False)
+    train, evals, finals, _, _ = make_data("folder", str(tmp_path), recipe, distributed.Dist(), torch.device("cpu"),
+                                           False)
     labels = [y for _, y in train.loader.dataset.dataset]
     assert len(labels) == 24 and np.bincount(labels).tolist() == [6, 6, 6, 6]
     held = [y for _, y in evals["val"].loader.dataset.dataset]
     assert sorted(np.bincount(held).tolist()) == [2, 2, 2, 2] and list(evals) == ["val"]
+    assert len(finals["val"].loader.dataset) == 80  # the final evaluation reads every val image
 
 
 # ---- odd folders ------------------------------------------------------------------------------

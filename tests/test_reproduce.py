@@ -12,7 +12,7 @@ from resnet.cli import main
 from resnet.reproduce import reproduce
 from resnet.reproduce.experiments import plan, recipe_for
 from resnet.reproduce.report import aggregate
-from resnet.reproduce.suite import run_one
+from resnet.reproduce.suite import last_epoch_train_error, run_one
 
 BUDGET = 6 / 64_000  # 6 iterations of batch 128 (the lr drops scale with it)
 
@@ -52,6 +52,14 @@ def test_seeds_are_summarised_as_best_mean_std():
     assert row["paper_test_error"] == pytest.approx(0.0875)  # Table 6
     assert row["difference"] == pytest.approx(errors.mean() - 0.0875)
     assert aggregate(runs, "fashion-mnist")[0]["paper_test_error"] is None  # no invented paper number
+
+
+def test_training_error_is_over_the_last_epoch():
+    """Windows of 5, 5, 5 and 1 steps ending at epochs 0.625 .. 2.0: the last epoch holds the final three."""
+    rows = [{"step": 5, "epoch": 0.625, "train_error": 0.5}, {"step": 10, "epoch": 1.25, "train_error": 0.4},
+            {"step": 15, "epoch": 1.875, "train_error": 0.2}, {"step": 16, "epoch": 2.0, "train_error": 0.1}]
+    assert last_epoch_train_error(rows) == pytest.approx((5 * 0.4 + 5 * 0.2 + 1 * 0.1) / 11)
+    assert last_epoch_train_error(rows[:1]) == 0.5
 
 
 def test_suite_reports_then_skips_finished_runs(tiny_fashion, tmp_path, monkeypatch):

@@ -150,6 +150,14 @@ def test_last_training_error_covers_at_least_half_an_interval(tiny_fashion, tmp_
     assert [r["step"] for r in rows] == steps
 
 
+def test_final_evaluation_reads_every_held_out_image(tiny_fashion, tmp_path):
+    """--eval-subset samples the evaluations during training; the last one is over the whole test set."""
+    train("resnet20", "fashion-mnist", data_dir=str(tiny_fashion), recipe=tiny_recipe(iters=8, eval_every=4,
+          eval_subset=32), out=tmp_path / "run", model_options=TINY, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["test_images"]) for r in rows] == [(4, 32), (8, 128)]  # tiny_fashion has 128 test images
+
+
 def test_checkpoint_round_trip(tiny_fashion, tmp_path):
     run = tmp_path / "run"
     train("resnet20", "fashion-mnist", data_dir=str(tiny_fashion), recipe=tiny_recipe(iters=8),

@@ -61,18 +61,29 @@ def _resumable(run_dir: Path) -> bool:
     return True
 
 
+def last_epoch_train_error(rows: list[dict]) -> float:
+    """Training error over the batches of (about) the last epoch: the windows of the evaluations that fall in it,
+    weighted by their length, so one noisy quarter-epoch does not decide a comparison."""
+    end = rows[-1]["epoch"]
+    starts = [0] + [r["step"] for r in rows[:-1]]
+    windows = [(r["train_error"], r["step"] - start) for r, start in zip(rows, starts) if r["epoch"] > end - 1]
+    return sum(error * steps for error, steps in windows) / sum(steps for _, steps in windows)
+
+
 def summarize(run_dir: Path, spec: RunSpec, last: dict) -> dict:
     """The numbers the report needs, from the last evaluation and metrics.jsonl.
 
     `best_val_test_error` is the test error of the checkpoint with the lowest validation error
     (the paper selects models on its 45k/5k split); without a validation split it equals the final one.
+    `train_error` is over the last epoch's batches (`last_epoch_train_error`).
     """
     rows = read_metrics(run_dir / "metrics.jsonl")
     selected = min(rows, key=lambda r: r.get("val_top1_error", r["test_top1_error"])) if rows else last
     return {"name": spec.name, "label": spec.label, "model": spec.model, "kind": spec.kind, "depth": spec.depth,
             "seed": spec.seed, "options": spec.model_options,
             "test_error": last["test_top1_error"], "best_val_test_error": selected["test_top1_error"],
-            "best_val_step": selected["step"], "train_error": last["train_error"],
+            "best_val_step": selected["step"],
+            "train_error": last_epoch_train_error(rows) if rows else last["train_error"],
             "val_error": last.get("val_top1_error"), "iterations": last["step"],
             "train_seconds": last["wall_time"]}
 

@@ -63,7 +63,8 @@ def evaluation_due(step: int, eval_every: int, total_steps: int) -> bool:
 
 def make_data(data: str, data_dir: str | None, recipe: Recipe, dist: distributed.Dist, device: torch.device,
               download: bool):
-    """Training loader, held-out loaders by name ('val', and 'test' when the split is held out), info, mean."""
+    """Training loader, held-out loaders by name ('val', and 'test' when the split is held out) for the evaluations
+    during training (a `--eval-subset` sample) and for the final one (every held-out image), info, mean."""
     from resnet.data import dataset_info, get_dataset, load_tensors, pixel_mean
     from resnet.data.datasets import TREES, held_out_splits, protocol_options
     from resnet.data.sampling import balanced_sample, balanced_subset
@@ -87,25 +88,28 @@ def make_data(data: str, data_dir: str | None, recipe: Recipe, dist: distributed
             keep = balanced_sample(labels, recipe.subset, recipe.seed)
             images, labels = images[keep], labels[keep]
         train = TensorLoader(images, labels, mean, per_process, train=True, device=device, **common)
-        evals = {}
+        evals, finals = {}, {}
         for key, split in held_out.items():
             images, labels, _ = load_tensors(data, split, **split_options)
-            if recipe.eval_subset:
+            finals[key] = evals[key] = TensorLoader(images, labels, mean, per_process, train=False, device=device,
+                                                    **common)
+            if recipe.eval_subset and recipe.eval_subset < len(labels):
                 keep = balanced_sample(labels, recipe.eval_subset, recipe.seed)
-                images, labels = images[keep], labels[keep]
-            evals[key] = TensorLoader(images, labels, mean, per_process, train=False, device=device, **common)
-        return train, evals, info, mean
+                evals[key] = TensorLoader(images[keep], labels[keep], mean, per_process, train=False, device=device,
+                                          **common)
+        return train, evals, finals, info, mean
     dataset = get_dataset(data, "train", transform=train_transform(info, mean), **split_options)
     info = dataset.info
     dataset = balanced_subset(dataset, recipe.subset, recipe.seed)
     workers = {"num_workers": recipe.num_workers, "device": device, **common}
     train = build_loader(dataset, per_process, train=True, **workers)
-    evals = {}
+    evals, finals = {}, {}
     for key, split in held_out.items():
         held = get_dataset(data, split, transform=test_transform(info, mean), **split_options)
-        held = balanced_subset(held, recipe.eval_subset, recipe.seed)
-        evals[key] = build_loader(held, per_process, train=False, **workers)
-    return train, evals, info, mean
+        finals[key] = build_loader(held, per_process, train=False, **workers)
+        sample = balanced_subset(held, recipe.eval_subset, recipe.seed)
+        evals[key] = finals[key] if sample is held else build_loader(sample, per_process, train=False, **workers)
+    return train, evals, finals, info, mean
 
 
 def make_model(model_name: str, info, mean: torch.Tensor, options: dict) -> nn.Module:
@@ -131,7 +135,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, autocast) -> dict:
         totals += _batch_stats(logits.float(), y)
     model.train()
     loss, wrong1, wrong5, n = distributed.all_reduce_sum(totals).tolist()
-    return {"loss": loss / n, "top1_error": wrong1 / n, "top5_error": wrong5 / n}
+    return {"loss": loss / n, "top1_error": wrong1 / n, "top5_error": wrong5 / n, "images": int(n)}
 
 
 def _batch_stats(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -236,7 +240,7 @@ def train(model: str | None = None, data: str | None = None, *, recipe: Recipe |
     torch.manual_seed(recipe.seed)
 
     # --- data and model
-    train_loader, eval_loaders, info, mean = make_data(data, data_dir, recipe, dist, device, download)
+    train_loader, eval_loaders, final_loaders, info, mean = make_data(data, data_dir, recipe, dist, device, download)
     net = make_model(model, info, mean, model_options)
     for note in init_notes + (finetune.load_init(net, pretrained, mean) if pretrained is not None else []):
         say(note)
@@ -249,6 +253,7 @@ def train(model: str | None = None, data: str | None = None, *, recipe: Recipe |
         if config.get("init"):
             finetune.restore_normalisation(net, saved_meta, saved_mean)
     train_loader, eval_loaders = finetune.renormalise(net, mean, train_loader, eval_loaders)
+    _, final_loaders = finetune.renormalise(net, mean, train_loader, final_loaders)
     finetune.freeze(net, recipe.freeze)
     cuda = device.type == "cuda"
     channels_last = precision.channels_last(device, recipe.channels_last)
@@ -349,7 +354,8 @@ def train(model: str | None = None, data: str | None = None, *, recipe: Recipe |
         loss_sum, wrong, count = distributed.all_reduce_sum(window.clone()).tolist()
         row = {"epoch": round(epoch + batch_in_epoch / steps_per_epoch, 3), "step": step, "lr": schedule.lr(step - 1),
                "train_loss": loss_sum / max(count, 1), "train_error": wrong / max(count, 1)}
-        for key, loader in eval_loaders.items():
+        loaders = final_loaders if step == total_steps else eval_loaders  # the final one reads every image
+        for key, loader in loaders.items():
             row.update({f"{key}_{k}": v for k, v in evaluate(step_model, loader, device, autocast).items()})
         row["images_per_sec"] = count / max(elapsed - window_start, 1e-9)
         row["wall_time"] = elapsed
