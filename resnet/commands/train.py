@@ -33,7 +33,9 @@ FIELD_HELP = {
     "warmup_lr": "learning rate during the warm-up", "warmup_error": "training error that ends the warm-up",
     "val_split": "hold out part of the training set for model selection (45k/5k on CIFAR)",
     "eval_every": "iterations between evaluations, and one after the last iteration (default: once per epoch)",
-    "eval_subset": "evaluate on a seeded, class-balanced sample of N held-out images", "seed": "random seed (data order, augmentation, init)",
+    "eval_subset": "evaluate during training on a seeded, class-balanced sample of N held-out images "
+                   "(the last evaluation reads them all)",
+    "seed": "random seed (data order, augmentation, init)",
     "subset": "train on a seeded, class-balanced sample of N images", "device": "where to train",
     "amp": "mixed precision (auto: on CUDA and on CPUs with native bf16)", "amp_dtype": "autocast dtype",
     "channels_last": "NHWC activations (auto: where mixed precision is on by default)",

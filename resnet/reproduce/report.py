@@ -74,6 +74,8 @@ def write_report(out: Path, experiment: str, data: str, budget: float, results: 
         if entry.get("command"):
             parts += [f"Command: `{entry['command']}`", ""]
         parts += [format_table(entry["rows"]), ""]
+        parts += ["Test error: the final model on the whole test set; train error: over the last epoch's training "
+                  "batches (augmented, in training mode).", ""]
         if entry["data"] != "cifar10":
             parts += ["The paper reports CIFAR-10 only: no paper column for this data.", ""]
     atomic_write_text(out / "report.md", "\n".join(parts))

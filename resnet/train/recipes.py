@@ -34,7 +34,7 @@ class Recipe:
     head_lr_mult: float = 1.0  # fine-tuning: the classifier's lr is lr times this
     val_split: bool = True  # the paper's 45k/5k train/val split for model selection
     eval_every: int | None = None  # iterations between evaluations; default once per epoch
-    eval_subset: int | None = None  # evaluate on N held-out images, a seeded class-balanced sample (quick runs)
+    eval_subset: int | None = None  # evaluate on N held-out images during training (quick runs); the last reads all
     seed: int = 0
     subset: int | None = None  # train on N training images, a seeded class-balanced sample
     device: str = "auto"  # "auto", "cpu" or "cuda"
