@@ -46,7 +46,7 @@ class Progress:
             self.bar.update(step - self.bar.n)
             return
         eta = (self.total - step) * self._smoothed
-        fields = "  ".join(f"{k} {v:.4g}" for k, v in values.items())
+        fields = "  ".join(f"{k} {_number(v)}" for k, v in values.items())
         print(f"step {step}/{self.total}  epoch {epoch + 1}  {fields}  eta {_duration(eta)}", flush=True)
 
     def log_row(self, row: dict) -> None:
@@ -63,11 +63,13 @@ class Progress:
             self.bar.write("  ".join(parts))
         else:
             print("  ".join(parts), flush=True)
-        self.resume_clock()
+        self.resume_clock(row["step"])
 
-    def resume_clock(self) -> None:
-        """Call after a pause (an evaluation): the pause does not count in step time, rate or ETA."""
+    def resume_clock(self, step: int | None = None) -> None:
+        """Call after a pause (an evaluation at `step`): the pause does not count in step time, rate or ETA."""
         self.last_time = time.perf_counter()
+        if step is not None:  # the next rate is over the steps after the pause only
+            self.last_step = step
         if self.bar is not None:
             self.bar.unpause()
 
@@ -75,6 +77,11 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def _number(value: float) -> str:
+    """4 significant digits, but whole numbers from 10,000 up (img/s 12345, not 1.234e+04)."""
+    return f"{value:.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
 
 
 def _duration(seconds: float) -> str:
