@@ -7,6 +7,7 @@ stopped ones. After every finished run the report (report.md/json, figure6.png) 
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 from resnet.checkpoint import atomic_write_text
@@ -83,16 +84,33 @@ def _degradation_summary(out: Path, results: list[dict]) -> None:
 
 
 def verdict(rows: list[dict]) -> str:
-    """One line: how training and test error change from the shallowest to the deepest net of each kind."""
+    """One line: how training and test error change from the shallowest to the deepest net of each kind
+    (mean over seeds, and in how many seeds the deeper net is lower), and whether that is the paper's result:
+    deeper plain nets train worse (Fig. 1), deeper residual nets do better on both (Fig. 6, Table 6)."""
     shallow, deep = min(r["depth"] for r in rows), max(r["depth"] for r in rows)
-    parts = []
+    by = {(r["kind"], r["depth"], r.get("seed", 0)): r for r in rows}
+    parts, as_paper = [], []
     for kind in ("plain", "resnet"):
-        mine = [r for r in rows if r["kind"] == kind and r.get("seed", 0) == 0]
-        by = {r["depth"]: r for r in mine}
-        if shallow in by and deep in by and shallow != deep:
-            a, b = by[shallow], by[deep]
-            parts.append(f"{kind}-{deep} vs {kind}-{shallow}: training error {100 * (b['train_error'] - a['train_error']):+.2f}, "
-                         f"test error {100 * (b['test_error'] - a['test_error']):+.2f} points")
+        seeds = sorted(seed for k, d, seed in by if k == kind and d == deep and (kind, shallow, seed) in by)
+        if shallow == deep or not seeds:
+            continue
+        gaps = {m: [by[kind, deep, s][m] - by[kind, shallow, s][m] for s in seeds] for m in ("train_error", "test_error")}
+        text = (f"{kind}-{deep} vs {kind}-{shallow}: training error {100 * statistics.fmean(gaps['train_error']):+.2f}, "
+                f"test error {100 * statistics.fmean(gaps['test_error']):+.2f} points")
+        lower = {m: sum(g < 0 for g in gaps[m]) for m in gaps}
+        if len(seeds) > 1:
+            text += (f" (mean of {len(seeds)} seeds; deeper lower in {lower['train_error']}/{len(seeds)} on training, "
+                     f"{lower['test_error']}/{len(seeds)} on test)")
+        parts.append(text)
+        if kind == "plain":
+            as_paper.append(lower["train_error"] == 0)
+        else:
+            as_paper.append(lower["train_error"] == lower["test_error"] == len(seeds))
+    if len(as_paper) == 2:
+        parts.append("as in the paper" if all(as_paper) else
+                     "not as in the paper: " + " and ".join(
+                         what for what, ok in zip(("the deeper plain net did not train worse",
+                                                   "the deeper residual net did not do better"), as_paper) if not ok))
     return "; ".join(parts)
 
 

@@ -23,6 +23,7 @@ from resnet.train.curves import read_metrics
 from resnet.train.recipes import Recipe
 
 RESULT = "result.json"  # written into a run directory when its run has finished
+PROGRESS_SECONDS = 30  # with --jobs > 1, a line on how far each running run is, this often
 
 
 def check_suite(out: Path, data: str, budget: float, recipe: Recipe) -> None:
@@ -146,19 +147,40 @@ def run_all(specs: list[RunSpec], recipe: Recipe, out: Path, data: str, *, data_
 
 def _run_parallel(todo, recipe, out, data, data_dir, download, jobs, on_result, say, total) -> list[dict]:
     """Runs in `jobs` worker processes, each with its share of the CPU threads."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = max(1, cpus // jobs)
+    threads = max(1, usable_cpus() // jobs)
     results = []
     context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
     with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
         futures = {pool.submit(run_one, spec, recipe, out, data, data_dir, download, False, True, threads): spec
                    for spec in todo}
-        for future in concurrent.futures.as_completed(futures):
-            result = future.result()
-            results.append(result)
-            say(f"[{len(results)}/{len(todo)} of this call, {total} in all] {_line(result)}")
-            on_result(result)
+        pending = set(futures)
+        while pending:
+            done, pending = concurrent.futures.wait(pending, timeout=PROGRESS_SECONDS,
+                                                    return_when=concurrent.futures.FIRST_COMPLETED)
+            if not done:  # the workers' output goes to their logs: say here how far they are
+                say("  " + ", ".join(_where(out / futures[f].name, recipe.iters) for f in sorted(
+                    pending, key=lambda f: futures[f].name)))
+            for future in done:
+                result = future.result()
+                results.append(result)
+                say(f"[{len(results)}/{len(todo)} of this call, {total} in all] {_line(result)}")
+                on_result(result)
     return results
+
+
+def usable_cpus() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _where(run_dir: Path, iters: int | None) -> str:
+    """'resnet20-s0 step 960/3600 (test err 18.20%)' from the run's last evaluation, for progress lines."""
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    if not rows:
+        return f"{run_dir.name} starting"
+    last = rows[-1]
+    test = last.get("test_top1_error", last.get("val_top1_error"))
+    return f"{run_dir.name} step {last['step']}/{iters or '?'}" + ("" if test is None else f" (test err {100 * test:.2f}%)")
 
 
 def _line(r: dict) -> str:
