@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 
 import resnet.reproduce.experiments as experiments
+import resnet.reproduce.suite as suite
 from resnet.cli import main
 from resnet.reproduce import verdict
 
@@ -47,6 +49,7 @@ def test_demo_writes_results_and_figure(tiny_fashion, tmp_path, monkeypatch, cap
     """The demo at a tiny budget (4 iterations, narrow nets of 20 and 32 layers), two runs at a time."""
     tiny = experiments.Degradation(depths=(20, 32), iters=4, eval_every=2, base_width=2, eval_subset=32)
     monkeypatch.setattr(experiments, "DEGRADATION", tiny)
+    monkeypatch.setattr(suite, "PROGRESS_SECONDS", 0.05)  # progress lines while the workers train
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--data-dir", str(tiny_fashion), "--jobs", "2", "--no-progress"]) == 0
     results = json.loads((out / "results.json").read_text())["results"]
@@ -60,6 +63,10 @@ def test_demo_writes_results_and_figure(tiny_fashion, tmp_path, monkeypatch, cap
     assert (out / "figure6.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
     assert verdict(results) in printed and "plain-32 vs plain-20" in printed
+    progress = [line for line in printed.splitlines() if line.startswith("  ")]
+    assert progress and all(re.fullmatch(r"  \w+-s0 (starting|step [24]/4 \(test err [\d.]+%\))(, .*)?", line)
+                            for line in progress)
+    assert any("waiting" in line for line in progress)  # four runs, two at a time
 
 
 @pytest.mark.parametrize("budget", [1.0, 0.5])

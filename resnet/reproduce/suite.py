@@ -157,9 +157,11 @@ def _run_parallel(todo, recipe, out, data, data_dir, download, jobs, on_result, 
         while pending:
             done, pending = concurrent.futures.wait(pending, timeout=PROGRESS_SECONDS,
                                                     return_when=concurrent.futures.FIRST_COMPLETED)
-            if not done:  # the workers' output goes to their logs: say here how far they are
-                say("  " + ", ".join(_where(out / futures[f].name, recipe.iters) for f in sorted(
-                    pending, key=lambda f: futures[f].name)))
+            running = [futures[f].name for f in futures if f in pending and f.running()][:jobs]  # in order given
+            if not done and running:  # the workers' output goes to their logs: say here how far they are
+                waiting = len(pending) - len(running)
+                say("  " + ", ".join(_where(out / name, recipe.iters) for name in running)
+                    + (f"; {waiting} waiting" if waiting else ""))
             for future in done:
                 result = future.result()
                 results.append(result)
