@@ -60,6 +60,8 @@ def test_demo_writes_results_and_figure(tiny_fashion, tmp_path, monkeypatch, cap
         assert [m["step"] for m in metrics] == [2, 4]
         assert r["test_error"] == metrics[-1]["test_top1_error"] and 0 <= r["train_error"] <= 1
         assert metrics[-1]["test_images"] == 128  # the last evaluation reads every test image
+    for run in json.loads((out / "report.json").read_text())["degradation"]["runs"]:  # no val split: no selection
+        assert run["best_val_test_error"] == run["test_error"]  # (picking the best test error would leak)
     assert (out / "figure6.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
     assert verdict(results) in printed and "plain-32 vs plain-20" in printed

@@ -79,7 +79,8 @@ def summarize(run_dir: Path, spec: RunSpec, last: dict) -> dict:
     `train_error` is over the last epoch's batches (`last_epoch_train_error`).
     """
     rows = read_metrics(run_dir / "metrics.jsonl")
-    selected = min(rows, key=lambda r: r.get("val_top1_error", r["test_top1_error"])) if rows else last
+    validated = [r for r in rows if "val_top1_error" in r]  # never select on the test set
+    selected = min(validated, key=lambda r: r["val_top1_error"]) if validated else last
     return {"name": spec.name, "label": spec.label, "model": spec.model, "kind": spec.kind, "depth": spec.depth,
             "seed": spec.seed, "options": spec.model_options,
             "test_error": last["test_top1_error"], "best_val_test_error": selected["test_top1_error"],
