@@ -3,12 +3,14 @@
 On CUDA both are on by default. On the CPU they pay only where the processor computes bf16
 natively (AVX512-BF16 or AMX): there bf16 autocast with channels_last trains about 1.7x faster;
 elsewhere bf16 is emulated and many times slower than fp32, so the default stays fp32.
+$RESNET_CPU_FAST (1, 0 or auto) overrides the CPU choice for training, evaluation and prediction alike.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
 
 import torch
 
@@ -23,10 +25,20 @@ def cpu_has_native_bf16() -> bool:
     return any(getattr(cpu, name, lambda: False)() for name in checks)
 
 
+CPU_FAST_ENV = "RESNET_CPU_FAST"  # "auto" (default), "1" or "0": the CPU choice for every command at once
+
+
 def default_on(device: torch.device | str) -> bool:
-    """Whether autocast and channels_last are worth having on `device` when the user did not say."""
+    """Whether autocast and channels_last are worth having on `device` when the user did not say.
+
+    On the CPU, $RESNET_CPU_FAST=1/0 overrides the automatic choice (e.g. exact fp32 scores from `eval`)."""
     device = torch.device(device)
-    return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+    if device.type != "cpu":
+        return device.type == "cuda"
+    setting = os.environ.get(CPU_FAST_ENV, "auto").strip().lower()
+    if setting not in ("auto", "", "0", "1"):
+        raise ValueError(f"invalid ${CPU_FAST_ENV}={setting!r}; use 1 (bf16 autocast + channels_last), 0 (fp32) or auto")
+    return cpu_has_native_bf16() if setting in ("auto", "") else setting == "1"
 
 
 def amp_dtype(device: torch.device | str, amp: bool | None, dtype: str = "bf16") -> torch.dtype | None:
@@ -54,4 +66,4 @@ def describe(dtype: torch.dtype | None, nhwc: bool) -> str:
     return f"{precision}, {'channels_last' if nhwc else 'NCHW'}"
 
 
-__all__ = ["DTYPES", "amp_dtype", "autocast", "channels_last", "cpu_has_native_bf16", "default_on", "describe"]
+__all__ = ["CPU_FAST_ENV", "DTYPES", "amp_dtype", "autocast", "channels_last", "cpu_has_native_bf16", "default_on", "describe"]

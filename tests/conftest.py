@@ -17,6 +17,13 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError("RESNET_TEST_DEVICE=cuda, but no CUDA device is available")
 
 
+@pytest.fixture(autouse=True)
+def fp32_on_every_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests compare against fp32 references: keep the CPU in fp32 whether or not it has native bf16, so the
+    suite means the same on every machine. tests/test_precision.py turns the fast path on where it tests it."""
+    monkeypatch.setenv("RESNET_CPU_FAST", "0")
+
+
 def learnable_images(n: int, seed: int, classes: int = 4, size: int = 28) -> tuple[np.ndarray, np.ndarray]:
     """Noisy images whose class is a bright horizontal band at a class-specific height."""
     rng = np.random.default_rng(seed)

@@ -1,7 +1,7 @@
 """The degradation experiment in miniature (Fig. 1 / Fig. 6), what `make demo` runs: plain and residual
 nets of 20 and 56 layers trained on Fashion-MNIST with the same small budget, on the CPU.
 
-The same as `resnet reproduce degradation --data fashion-mnist --out runs/demo --device cpu`.
+The same as `resnet reproduce degradation --data fashion-mnist --out runs/demo --device cpu --jobs 2`.
 Writes runs/demo/results.json, report.md and figure6.png (plain left, residual right), and prints
 the table and a one-line verdict.
 """
