@@ -31,13 +31,15 @@ CPU_FAST_ENV = "RESNET_CPU_FAST"  # "auto" (default), "1" or "0": the CPU choice
 def default_on(device: torch.device | str) -> bool:
     """Whether autocast and channels_last are worth having on `device` when the user did not say.
 
-    On the CPU, $RESNET_CPU_FAST=1/0 overrides the automatic choice (e.g. exact fp32 scores from `eval`)."""
+    On the CPU, $RESNET_CPU_FAST=1/0 overrides the automatic choice (e.g. for exact fp32 scores from `eval`).
+    """
     device = torch.device(device)
     if device.type != "cpu":
         return device.type == "cuda"
     setting = os.environ.get(CPU_FAST_ENV, "auto").strip().lower()
     if setting not in ("auto", "", "0", "1"):
-        raise ValueError(f"invalid ${CPU_FAST_ENV}={setting!r}; use 1 (bf16 autocast + channels_last), 0 (fp32) or auto")
+        raise ValueError(f"invalid ${CPU_FAST_ENV}={setting!r}; use 1 (bf16 autocast + channels_last), "
+                         f"0 (fp32) or auto")
     return cpu_has_native_bf16() if setting in ("auto", "") else setting == "1"
 
 

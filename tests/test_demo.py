@@ -52,7 +52,9 @@ def test_demo_writes_results_and_figure(tiny_fashion, tmp_path, monkeypatch, cap
     monkeypatch.setattr(suite, "PROGRESS_SECONDS", 0.05)  # progress lines while the workers train
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--data-dir", str(tiny_fashion), "--jobs", "2", "--no-progress"]) == 0
-    results = json.loads((out / "results.json").read_text())["results"]
+    written = json.loads((out / "results.json").read_text())
+    assert written["config"]["iters"] == 4  # the budget it ran with
+    results = written["results"]
     assert [(r["net"], r["kind"], r["depth"]) for r in results] == [
         ("plain20", "plain", 20), ("resnet20", "resnet", 20), ("plain32", "plain", 32), ("resnet32", "resnet", 32)]
     for r in results:
@@ -60,6 +62,7 @@ def test_demo_writes_results_and_figure(tiny_fashion, tmp_path, monkeypatch, cap
         assert [m["step"] for m in metrics] == [2, 4]
         assert r["test_error"] == metrics[-1]["test_top1_error"] and 0 <= r["train_error"] <= 1
         assert metrics[-1]["test_images"] == 128  # the last evaluation reads every test image
+    assert "budget 1.0 of the demo's 4 iterations" in (out / "report.md").read_text()
     for run in json.loads((out / "report.json").read_text())["degradation"]["runs"]:  # no val split: no selection
         assert run["best_val_test_error"] == run["test_error"]  # (picking the best test error would leak)
     assert (out / "figure6.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -11,7 +11,8 @@ import statistics
 from pathlib import Path
 
 from resnet.checkpoint import atomic_write_text
-from resnet.reproduce.experiments import DEGRADATION, EXPERIMENTS, PAPER_TABLE6, plan, recipe_for
+from resnet.reproduce import experiments
+from resnet.reproduce.experiments import EXPERIMENTS, PAPER_TABLE6, plan, recipe_for
 from resnet.reproduce.report import aggregate, format_table, plot_figure6, write_report
 from resnet.reproduce.suite import check_suite, finished, run_all
 
@@ -79,7 +80,8 @@ def _degradation_summary(out: Path, results: list[dict]) -> None:
     """The demo's results.json (net, kind, depth, train_error, test_error as fractions) and its verdict line."""
     rows = [{"net": r["model"], "kind": r["kind"], "depth": r["depth"], "seed": r["seed"],
              "train_error": r["train_error"], "test_error": r["test_error"]} for r in results]
-    atomic_write_text(out / "results.json", json.dumps({"config": DEGRADATION.__dict__, "results": rows}, indent=2))
+    summary = {"config": experiments.DEGRADATION.__dict__, "results": rows}
+    atomic_write_text(out / "results.json", json.dumps(summary, indent=2))
     print("\n" + verdict(rows))
 
 
@@ -94,9 +96,11 @@ def verdict(rows: list[dict]) -> str:
         seeds = sorted(seed for k, d, seed in by if k == kind and d == deep and (kind, shallow, seed) in by)
         if shallow == deep or not seeds:
             continue
-        gaps = {m: [by[kind, deep, s][m] - by[kind, shallow, s][m] for s in seeds] for m in ("train_error", "test_error")}
-        text = (f"{kind}-{deep} vs {kind}-{shallow}: training error {100 * statistics.fmean(gaps['train_error']):+.2f}, "
-                f"test error {100 * statistics.fmean(gaps['test_error']):+.2f} points")
+        gaps = {m: [by[kind, deep, s][m] - by[kind, shallow, s][m] for s in seeds]
+                for m in ("train_error", "test_error")}
+        mean = {m: 100 * statistics.fmean(g) for m, g in gaps.items()}
+        text = (f"{kind}-{deep} vs {kind}-{shallow}: training error {mean['train_error']:+.2f}, "
+                f"test error {mean['test_error']:+.2f} points")
         lower = {m: sum(g < 0 for g in gaps[m]) for m in gaps}
         if len(seeds) > 1:
             text += (f" (mean of {len(seeds)} seeds; deeper lower in {lower['train_error']}/{len(seeds)} on training, "

@@ -12,7 +12,8 @@ import statistics
 from pathlib import Path
 
 from resnet.checkpoint import atomic_write_text
-from resnet.reproduce.experiments import PAPER_TABLE6
+from resnet.reproduce import experiments
+from resnet.reproduce.experiments import PAPER_ITERS, PAPER_TABLE6
 from resnet.train.curves import plot_panels, read_metrics
 
 
@@ -70,7 +71,9 @@ def write_report(out: Path, experiment: str, data: str, budget: float, results: 
     atomic_write_text(path, json.dumps(report, indent=2))
     parts = [f"# Reproduction report ({out})", ""]
     for name, entry in report.items():
-        parts += [f"## {name} on {entry['data']}, budget {entry['budget']} of the paper's 64k iterations", ""]
+        base = (f"the demo's {experiments.DEGRADATION.iters:,}" if name == "degradation"
+                else f"the paper's {PAPER_ITERS // 1000}k")
+        parts += [f"## {name} on {entry['data']}, budget {entry['budget']} of {base} iterations", ""]
         if entry.get("command"):
             parts += [f"Command: `{entry['command']}`", ""]
         parts += [format_table(entry["rows"]), ""]

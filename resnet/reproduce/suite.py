@@ -183,7 +183,8 @@ def _where(run_dir: Path, iters: int | None) -> str:
         return f"{run_dir.name} starting"
     last = rows[-1]
     test = last.get("test_top1_error", last.get("val_top1_error"))
-    return f"{run_dir.name} step {last['step']}/{iters or '?'}" + ("" if test is None else f" (test err {100 * test:.2f}%)")
+    where = f"{run_dir.name} step {last['step']}/{iters or '?'}"
+    return where if test is None else f"{where} (test err {100 * test:.2f}%)"
 
 
 def _line(r: dict) -> str:
