@@ -68,4 +68,5 @@ def describe(dtype: torch.dtype | None, nhwc: bool) -> str:
     return f"{precision}, {'channels_last' if nhwc else 'NCHW'}"
 
 
-__all__ = ["CPU_FAST_ENV", "DTYPES", "amp_dtype", "autocast", "channels_last", "cpu_has_native_bf16", "default_on", "describe"]
+__all__ = ["CPU_FAST_ENV", "DTYPES", "amp_dtype", "autocast", "channels_last",
+           "cpu_has_native_bf16", "default_on", "describe"]
