@@ -17,11 +17,14 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError("RESNET_TEST_DEVICE=cuda, but no CUDA device is available")
 
 
-@pytest.fixture(autouse=True)
-def fp32_on_every_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(autouse=True, scope="session")
+def fp32_on_every_cpu():
     """Tests compare against fp32 references: keep the CPU in fp32 whether or not it has native bf16, so the
-    suite means the same on every machine. tests/test_precision.py turns the fast path on where it tests it."""
-    monkeypatch.setenv("RESNET_CPU_FAST", "0")
+    suite means the same on every machine (session-wide, so module fixtures and subprocesses see it too).
+    tests/test_precision.py turns the fast path on where it tests it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RESNET_CPU_FAST", "0")
+        yield
 
 
 def learnable_images(n: int, seed: int, classes: int = 4, size: int = 28) -> tuple[np.ndarray, np.ndarray]:
