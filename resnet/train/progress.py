@@ -65,11 +65,10 @@ class Progress:
             print("  ".join(parts), flush=True)
         self.resume_clock(row["step"])
 
-    def resume_clock(self, step: int | None = None) -> None:
-        """Call after a pause (an evaluation at `step`): the pause does not count in step time, rate or ETA."""
-        self.last_time = time.perf_counter()
-        if step is not None:  # the next rate is over the steps after the pause only
-            self.last_step = step
+    def resume_clock(self, step: int) -> None:
+        """Call after a pause (an evaluation at `step`): the pause does not count in step time, rate or ETA,
+        and the next rate is over the steps after it only."""
+        self.last_time, self.last_step = time.perf_counter(), step
         if self.bar is not None:
             self.bar.unpause()
 
