@@ -69,8 +69,8 @@ def test_demo_writes_results_and_figure(tiny_fashion, tmp_path, monkeypatch, cap
     printed = capsys.readouterr().out
     assert verdict(results) in printed and "plain-32 vs plain-20" in printed
     progress = [line for line in printed.splitlines() if line.startswith("  ")]
-    assert progress and all(re.fullmatch(r"  \w+-s0 (starting|step [24]/4 \(test err [\d.]+%\))(, .*)?", line)
-                            for line in progress)
+    where = r"\w+-s0 (starting|step [24]/4(, eta 0:00:00)?( \(test err [\d.]+% at step [24]\))?)"
+    assert progress and all(re.fullmatch(rf"  {where}(, .*)?", line) for line in progress)
     assert any("waiting" in line for line in progress)  # four runs, two at a time
 
 

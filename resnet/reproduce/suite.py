@@ -20,6 +20,7 @@ from pathlib import Path
 from resnet.checkpoint import atomic_write_text
 from resnet.reproduce.experiments import RunSpec, with_seed
 from resnet.train.curves import read_metrics
+from resnet.train.progress import last_logged_step
 from resnet.train.recipes import Recipe
 
 RESULT = "result.json"  # written into a run directory when its run has finished
@@ -177,14 +178,18 @@ def usable_cpus() -> int:
 
 
 def _where(run_dir: Path, iters: int | None) -> str:
-    """'resnet20-s0 step 960/3600 (test err 18.20%)' from the run's last evaluation, for progress lines."""
+    """'resnet20-s0 step 4000/64000, eta 1:58:02 (test err 18.20% at step 3200)' for progress lines: the step
+    and ETA from the run's log (written every 50 steps), the error from its last evaluation."""
     rows = read_metrics(run_dir / "metrics.jsonl")
-    if not rows:
+    logged = last_logged_step(run_dir / "train.log")
+    evaluated = rows[-1]["step"] if rows else 0
+    if logged is None and not rows:
         return f"{run_dir.name} starting"
-    last = rows[-1]
-    test = last.get("test_top1_error", last.get("val_top1_error"))
-    where = f"{run_dir.name} step {last['step']}/{iters or '?'}"
-    return where if test is None else f"{where} (test err {100 * test:.2f}%)"
+    where = f"{run_dir.name} step {max(logged[0] if logged else 0, evaluated)}/{iters or '?'}"
+    if logged is not None and logged[0] >= evaluated:
+        where += f", eta {logged[1]}"
+    test = rows[-1].get("test_top1_error", rows[-1].get("val_top1_error")) if rows else None
+    return where if test is None else f"{where} (test err {100 * test:.2f}% at step {evaluated})"
 
 
 def _line(r: dict) -> str:

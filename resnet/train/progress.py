@@ -3,8 +3,10 @@ periodic log lines otherwise (CI, files)."""
 
 from __future__ import annotations
 
+import re
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 from tqdm import tqdm
@@ -76,6 +78,22 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+_LOG_LINE = re.compile(r"^step (\d+)/(\d+)  .*  eta (\d+:\d\d:\d\d)$", re.MULTILINE)
+
+
+def last_logged_step(log: Path, tail_bytes: int = 4096) -> tuple[int, str] | None:
+    """(step, eta) from the last progress line `Progress` wrote into a log file, or None before the first one.
+    Lets another process (the suite's --jobs monitor) say how far a run is between its evaluations."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - tail_bytes))
+            text = f.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return None
+    matches = _LOG_LINE.findall(text)
+    return (int(matches[-1][0]), matches[-1][2]) if matches else None
 
 
 def _number(value: float) -> str:
