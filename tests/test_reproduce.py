@@ -85,6 +85,15 @@ def test_suite_reports_then_skips_finished_runs(tiny_fashion, tmp_path, monkeypa
     again = suite(out, tiny_fashion)
     assert again["rows"] == entry["rows"]
 
+    import resnet.reproduce
+
+    titles = []
+    monkeypatch.setattr(resnet.reproduce, "plot_figure6", lambda out, results, path, title: titles.append(title))
+    fig7 = reproduce("fig7", "fashion-mnist", depths=(20,), budget=BUDGET, out=out, device="cpu",
+                     data_dir=str(tiny_fashion), progress=False)  # reuses table6's trained nets
+    assert fig7["rows"] == entry["rows"] and (out / "fig7.png").stat().st_size > 0
+    assert titles and all(t.startswith("table6 on fashion-mnist") for t in titles)  # figure6.png stays table6's
+
 
 def test_other_budget_on_the_same_out_is_refused(tiny_fashion, tmp_path, capsys):
     out = tmp_path / "suite"

@@ -43,7 +43,8 @@ def reproduce(experiment: str, data: str = "cifar10", *, depths: tuple[int, ...]
         raise ValueError(f"invalid --jobs {jobs}; must be at least 1")
     check_suite(out, data, budget, recipe)
     print(f"{experiment} on {data}: {len(specs)} runs of {recipe.iters} iterations (budget {budget}) -> {out}")
-    title = f"{experiment} on {data} (budget {budget})"
+    curves = "table6" if experiment == "fig7" else experiment  # fig7 reuses (or trains) table6's nets
+    title = f"{curves} on {data} (budget {budget})"
 
     def on_result(_: dict) -> None:  # a partial suite already has its report
         done = _collect(out, specs)
