@@ -181,15 +181,15 @@ def _where(run_dir: Path, iters: int | None) -> str:
     """'resnet20-s0 step 4000/64000, eta 1:58:02 (test err 18.20% at step 3200)' for progress lines: the step
     and ETA from the run's log (written every 50 steps), the error from its last evaluation."""
     rows = read_metrics(run_dir / "metrics.jsonl")
-    logged = last_logged_step(run_dir / "train.log")
-    evaluated = rows[-1]["step"] if rows else 0
-    if logged is None and not rows:
+    logged_step, eta = last_logged_step(run_dir / "train.log") or (0, None)
+    if eta is None and not rows:
         return f"{run_dir.name} starting"
-    where = f"{run_dir.name} step {max(logged[0] if logged else 0, evaluated)}/{iters or '?'}"
-    if logged is not None and logged[0] >= evaluated:
-        where += f", eta {logged[1]}"
-    test = rows[-1].get("test_top1_error", rows[-1].get("val_top1_error")) if rows else None
-    return where if test is None else f"{where} (test err {100 * test:.2f}% at step {evaluated})"
+    last = rows[-1] if rows else {"step": 0}
+    where = f"{run_dir.name} step {max(logged_step, last['step'])}/{iters or '?'}"
+    if eta is not None and logged_step >= last["step"]:
+        where += f", eta {eta}"
+    test = last.get("test_top1_error", last.get("val_top1_error"))
+    return where if test is None else f"{where} (test err {100 * test:.2f}% at step {last['step']})"
 
 
 def _line(r: dict) -> str:

@@ -80,7 +80,7 @@ class Progress:
             self.bar = None
 
 
-_LOG_LINE = re.compile(r"^step (\d+)/(\d+)  .*  eta (\d+:\d\d:\d\d)$", re.MULTILINE)
+_LOG_LINE = re.compile(r"^step (\d+)/\d+  .*  eta (\d+:\d\d:\d\d)$", re.MULTILINE)  # as update() prints
 
 
 def last_logged_step(log: Path, tail_bytes: int = 4096) -> tuple[int, str] | None:
@@ -93,7 +93,7 @@ def last_logged_step(log: Path, tail_bytes: int = 4096) -> tuple[int, str] | Non
     except FileNotFoundError:
         return None
     matches = _LOG_LINE.findall(text)
-    return (int(matches[-1][0]), matches[-1][2]) if matches else None
+    return (int(matches[-1][0]), matches[-1][1]) if matches else None
 
 
 def _number(value: float) -> str:
