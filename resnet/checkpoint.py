@@ -48,21 +48,30 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_name(path)
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    mode = tmp.stat().st_mode  # 0666 less the umask: kept even if `write` recreates the file (safetensors does)
     try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        mode = tmp.stat().st_mode  # 0666 less the umask: kept even if `write` recreates the file (safetensors does)
         write(str(tmp))
         os.chmod(tmp, mode)
         _fsync(tmp)
         os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         raise OSError(e.errno, e.strerror or str(e), str(path)) from e
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         raise
     _fsync(path.parent)
     return path
+
+
+def _discard(tmp: Path) -> None:
+    """Remove a temporary file if it is there; where even that fails (a read-only disk) the error that
+    matters is the write's, so this one is not raised."""
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def _fsync(path: Path) -> None:
@@ -192,10 +201,14 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", which: str 
     """The trained network from a run directory or a .safetensors checkpoint, in eval mode.
 
     The returned model carries `.meta` (classes, dataset, image size, ...), `.input_mean` and `.input_std`
-    ([C,1,1], or None when the weights expect only the mean subtracted).
+    ([C,1,1], or None when the weights expect only the mean subtracted). A published weights name or file
+    (`resnet20.akamaster-cifar10`, `resnet50-0676ba61.pth`) is loaded by `resnet.weights.load_published`.
     """
     from resnet.models import create_model
+    from resnet.weights import is_published, load_published
 
+    if is_published(path):
+        return load_published(path, device)
     file = weights_path(path, which)
     state, meta, mean = load_weights(file)
     check_meta(meta, str(file))

@@ -1,10 +1,14 @@
-"""Pretrained weights by name (torchvision's IMAGENET1K_V1/V2, timm's a1/a1h), from a file, and fitted to a net.
+"""Pretrained weights by name (torchvision's IMAGENET1K_V1/V2, timm's a1/a1h, akamaster's CIFAR-10 nets), from a
+file, and fitted to a net.
 
 Every name records the file's URL, the SHA-256 prefix its source publishes in the file name, the
-ImageNet top-1 the source publishes, and the preprocessing the weights expect: (x - mean) / std with
-ImageNet's mean and std, the test resize and crop, and the stride placement (both libraries stride
-in the bottleneck's 3x3 conv, "v1.5"). Files are downloaded with torch.hub's code into
-`$TORCH_HOME/hub/checkpoints` (where torchvision keeps them too) and their hash is checked.
+top-1 the source publishes (ImageNet-1k val, or CIFAR-10 test), and the preprocessing the weights
+expect: (x - mean) / std with ImageNet's mean and std (akamaster used the same), the test resize and
+crop, and the options that shape the net: torchvision and timm stride in the bottleneck's 3x3 conv
+("v1.5") with option B; akamaster's CIFAR nets use option A with the zero channels split before and
+after the identity (`zero_pad="both"`). Files are downloaded with torch.hub's code into
+`$TORCH_HOME/hub/checkpoints` (where torchvision keeps them too) and their hash is checked; a file
+already there (or any local copy passed as a path) is used without network.
 """
 
 from __future__ import annotations
@@ -18,24 +22,37 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from resnet.convert import IMAGENET_MEAN, IMAGENET_STD, read_state_dict
+from resnet.convert import (CIFAR10_CLASSES, IMAGENET_MEAN, IMAGENET_STD, SOURCE_OPTIONS, from_akamaster,
+                            is_akamaster, read_state_dict)
 
 TORCHVISION = "https://download.pytorch.org/models/"
 TIMM_RSB = "https://github.com/huggingface/pytorch-image-models/releases/download/v0.1-rsb-weights/"
 TIMM_RSB_OLD = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-rsb-weights/"
+AKAMASTER = "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models/"
 
 
 @dataclass(frozen=True)
 class Weights:
-    """One set of published ImageNet weights and the test preprocessing its top-1 was measured with."""
+    """One set of published weights and the test preprocessing its top-1 was measured with."""
 
     model: str  # our network name, e.g. "resnet50"
-    tag: str  # "torchvision-v1", "torchvision-v2", "timm-a1", "timm-a1h"
+    tag: str  # "torchvision-v1", "torchvision-v2", "timm-a1", "timm-a1h", "akamaster-cifar10"
     url: str
-    top1: float  # ImageNet-1k val top-1 %, as published by the source
-    image_size: int = 224  # centre crop
+    top1: float  # top-1 % as published by the source: ImageNet-1k val, or CIFAR-10 test (100 - error)
+    image_size: int = 224  # centre crop (CIFAR: the 32x32 image itself)
     resize_size: int = 256  # shorter side before the crop
     interpolation: str = "bilinear"
+    dataset: str = "imagenet"  # what the weights were trained on: "imagenet" or "cifar10"
+
+    @property
+    def error(self) -> float:
+        """Top-1 error %, the paper's measure for CIFAR-10 (Table 6)."""
+        return round(100 - self.top1, 3)
+
+    @property
+    def options(self) -> dict:
+        """The model options the weights need: the stride placement and shortcut, or option A's zero layout."""
+        return dict(SOURCE_OPTIONS["akamaster" if self.dataset == "cifar10" else "torchvision"])
 
     @property
     def name(self) -> str:
@@ -70,8 +87,15 @@ def _timm(depth: int, tag: str, url: str, top1: float, size: int = 288) -> Weigh
                    interpolation="bicubic")
 
 
+def _akamaster(depth: int, file: str, error: float) -> Weights:
+    """akamaster/pytorch_resnet_cifar10's ResNet-{depth} (BSD-2-Clause), trained on CIFAR-10 at 32x32; `error` is
+    the CIFAR-10 test error % its README publishes."""
+    return Weights(f"resnet{depth}", "akamaster-cifar10", AKAMASTER + file, round(100 - error, 3), image_size=32,
+                   resize_size=32, dataset="cifar10")
+
+
 # torchvision/models/resnet.py (ResNet*_Weights; acc@1); timm/models/resnet.py (default_cfgs) with top-1
-# from timm's results/results-imagenet.csv at each weight's test_input_size.
+# from timm's results/results-imagenet.csv at each weight's test_input_size; akamaster's README (test error).
 WEIGHTS: dict[str, Weights] = {w.name: w for w in (
     _torchvision(18, 1, "resnet18-f37072fd.pth", 69.758),
     _torchvision(34, 1, "resnet34-b627a593.pth", 73.314),
@@ -89,6 +113,12 @@ WEIGHTS: dict[str, Weights] = {w.name: w for w in (
     _timm(101, "a1h", TIMM_RSB_OLD + "resnet101_a1h-36d3f2aa.pth", 82.796),
     _timm(152, "a1", TIMM_RSB + "resnet152_a1_0-2eee8a7a.pth", 82.742),
     _timm(152, "a1h", TIMM_RSB_OLD + "resnet152_a1h-dc400468.pth", 83.494),
+    _akamaster(20, "resnet20-12fca82f.th", 8.27),
+    _akamaster(32, "resnet32-d509ac18.th", 7.37),
+    _akamaster(44, "resnet44-014dd654.th", 6.90),
+    _akamaster(56, "resnet56-4bfd9763.th", 6.61),
+    _akamaster(110, "resnet110-1d1ed7c2.th", 6.32),
+    _akamaster(1202, "resnet1202-f3b1deed.th", 6.18),
 )}
 
 
@@ -98,7 +128,7 @@ class Pretrained:
 
     state: dict[str, torch.Tensor]
     source: str  # a name, or the file it came from
-    options: dict = field(default_factory=dict)  # bottleneck_stride, shortcut, base_width
+    options: dict = field(default_factory=dict)  # bottleneck_stride, shortcut, zero_pad, base_width
     input_mean: torch.Tensor | None = None  # [C,1,1] or [C,H,W], on 0..1
     input_std: torch.Tensor | None = None  # [C,1,1]
     meta: dict = field(default_factory=dict)  # classes and test preprocessing (style, image_size, resize_size)
@@ -122,6 +152,16 @@ def find_weights(model: str, name: str) -> Weights | None:
     if name in tags or "." in name and name.split(".", 1)[1] in tags:
         known = ", ".join(w.tag for w in list_weights(model)) or "none"
         raise ValueError(f"no weights {name!r} for {model}; known for {model}: {known} (see `resnet weights`)")
+    return None
+
+
+def entry_for_file(path: str | Path) -> Weights | None:
+    """The entry whose published file `path` is, by its name: as published (`resnet50-0676ba61.pth`) or with a
+    prefix (`akamaster-resnet20-12fca82f.th`, as in ../shared/weights/); None for any other name."""
+    name = Path(path).name
+    for w in WEIGHTS.values():
+        if name == w.file_name or name.endswith(w.file_name) and name[-len(w.file_name) - 1] in "-_.":
+            return w
     return None
 
 
@@ -155,12 +195,24 @@ def _imagenet_classes() -> list[str]:
 
 
 def _published(weights: Weights, state: dict[str, torch.Tensor], source: str) -> Pretrained:
-    """A torchvision/timm state dict with the preprocessing of its published entry."""
-    meta = {"dataset": "imagenet", "style": "imagenet", "image_size": weights.image_size,
-            "resize_size": weights.resize_size, "interpolation": weights.interpolation,
-            "classes": _imagenet_classes(), "weights": weights.name}
+    """A torchvision/timm/akamaster state dict in our names, with the preprocessing of its published entry.
+
+    NaN or infinite weights are refused here, before any net is built or trained from them.
+    """
+    from resnet.checkpoint import check_finite
+
+    check_finite(state, source)
+    if is_akamaster(state):
+        state = from_akamaster(state)
+    if weights.dataset == "cifar10":
+        meta = {"dataset": "cifar10", "style": "small", "image_size": weights.image_size,
+                "classes": list(CIFAR10_CLASSES), "weights": weights.name}
+    else:
+        meta = {"dataset": "imagenet", "style": "imagenet", "image_size": weights.image_size,
+                "resize_size": weights.resize_size, "interpolation": weights.interpolation,
+                "classes": _imagenet_classes(), "weights": weights.name}
     meta["class_names"] = meta["classes"]
-    return Pretrained(state, source, {"bottleneck_stride": "3x3", "shortcut": "B"},
+    return Pretrained(state, source, weights.options,
                       torch.tensor(IMAGENET_MEAN).reshape(3, 1, 1), torch.tensor(IMAGENET_STD).reshape(3, 1, 1), meta)
 
 
@@ -175,7 +227,8 @@ def _own_checkpoint(path: Path) -> Pretrained | None:
     if "model" not in meta:
         return None
     std = meta.pop("input_std", None)
-    options = {k: v for k, v in meta.get("options", {}).items() if k in ("bottleneck_stride", "shortcut", "base_width")}
+    options = {k: v for k, v in meta.get("options", {}).items()
+               if k in ("bottleneck_stride", "shortcut", "zero_pad", "base_width")}
     keep = ("classes", "class_names", "dataset", "style", "image_size", "resize_size", "interpolation")
     return Pretrained(state, str(file), options, mean,
                       None if std is None else torch.tensor(std, dtype=torch.float32).reshape(-1, 1, 1),
@@ -183,10 +236,12 @@ def _own_checkpoint(path: Path) -> Pretrained | None:
 
 
 def load_pretrained(model: str, name_or_path: str | Path) -> Pretrained:
-    """Weights for `model` from a name (downloaded once), our checkpoint or run directory, or a torchvision/timm file.
+    """Weights for `model` from a name (downloaded once), our checkpoint or run directory, or a
+    torchvision/timm/akamaster file.
 
-    A torchvision/timm file named as published (`resnet50-11ad3fa6.pth`) gets that entry's preprocessing;
-    any other gets torchvision's (ImageNet mean and std, resize 256, crop 224), the usual one for both.
+    A file named as published (`resnet50-11ad3fa6.pth`, `akamaster-resnet20-12fca82f.th`) gets that entry's
+    preprocessing and options; any other gets torchvision's (ImageNet mean and std, resize 256, crop 224),
+    or, in akamaster's key names, akamaster's (same mean and std, 32x32, option A with zeros on both sides).
     """
     entry = find_weights(model, str(name_or_path))
     if entry is not None:
@@ -203,12 +258,55 @@ def load_pretrained(model: str, name_or_path: str | Path) -> Pretrained:
     if own is not None:
         return own
     state = read_state_dict(path)
-    by_file = {w.file_name: w for w in list_weights(model)}
-    fallback = Weights(model, "torchvision-v1", path.name, math.nan)
-    found = _published(by_file.get(path.name, fallback), state, str(path))
-    if path.name not in by_file:
+    entry = entry_for_file(path)
+    if entry is not None and entry.model != model:
+        raise ValueError(f"{path}: these are the weights {entry.name}, for {entry.model}, not {model}")
+    if entry is None and is_akamaster(state):
+        entry = Weights(model, "akamaster-cifar10", path.name, math.nan, image_size=32, resize_size=32,
+                        dataset="cifar10")
+    found = _published(entry or Weights(model, "torchvision-v1", path.name, math.nan), state, str(path))
+    if entry is None or math.isnan(entry.top1):
         found.meta["weights"] = str(path)
     return found
+
+
+def is_published(name_or_path: str | Path) -> bool:
+    """True for what `load_published` reads rather than our checkpoint loader: a weights name (or what looks like
+    one: `resnet20.akamaster-cifar1`), or a torch file (.pth/.pt/.th/.bin, torchvision's, timm's or akamaster's)."""
+    from resnet.models.registry import SPECS
+
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if text in WEIGHTS:
+        return True
+    if path.exists():
+        return path.is_file() and path.suffix in (".pth", ".pt", ".th", ".bin")
+    return "/" not in text and text.split(".", 1)[0] in SPECS and "." in text
+
+
+def load_published(name_or_path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """The net with published weights, in eval mode, for `resnet eval/predict/export --checkpoint`: a weights name
+    (`resnet20.akamaster-cifar10`) or a published file recognised by its name (the net comes from the entry).
+
+    It is `create_model(model, pretrained=...)` plus the metadata our checkpoints carry (model, options,
+    input_std), so the commands treat it like one of our checkpoints.
+    """
+    text = str(name_or_path)
+    entry = WEIGHTS.get(text) or (entry_for_file(text) if Path(text).expanduser().is_file() else None)
+    if entry is None:
+        if not Path(text).expanduser().exists():
+            close = difflib.get_close_matches(text, list(WEIGHTS), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise FileNotFoundError(f"{text}: no such checkpoint and no such weights name (see `resnet weights`){hint}")
+        raise ValueError(f"{text}: neither our checkpoint nor a published weights file known by its name "
+                         f"(`resnet weights --urls`); convert it first: resnet convert {text} "
+                         f"--from torchvision|timm|akamaster --model NAME --out FILE.safetensors")
+    model = create_model(entry.model, pretrained=name_or_path)
+    meta = {"model": entry.model, "options": dict(model.options), **model.meta}
+    if model.input_std is not None:
+        meta["input_std"] = model.input_std.flatten().tolist()
+    model.meta = meta
+    return model.to(device).eval()
 
 
 # ----------------------------------------------------------------------------- fitting weights to a net
@@ -301,12 +399,14 @@ def create_model(name: str, *, pretrained: str | Path | None = None, **options) 
 
 
 def weights_table() -> list[dict]:
-    """Every known name with its source, published top-1, test preprocessing and local-cache state."""
-    return [{"name": w.name, "model": w.model, "source": w.source, "top1": w.top1,
-             "resize": w.resize_size, "crop": w.image_size, "interpolation": w.interpolation,
-             "cached": w.cache_path().is_file(), "path": str(w.cache_path()), "url": w.url}
+    """Every known name with its source, dataset, published top-1 and error, test preprocessing, the options
+    that shape the net, the URL and SHA-256 prefix, and local-cache state."""
+    return [{"name": w.name, "model": w.model, "source": w.source, "dataset": w.dataset, "top1": w.top1,
+             "error": w.error, "resize": w.resize_size, "crop": w.image_size, "interpolation": w.interpolation,
+             "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "options": w.options,
+             "sha256": w.sha256_prefix, "cached": w.cache_path().is_file(), "path": str(w.cache_path()), "url": w.url}
             for w in WEIGHTS.values()]
 
 
-__all__ = ["WEIGHTS", "Pretrained", "Weights", "create_model", "download", "fit", "list_weights", "load_pretrained",
-           "weights_table"]
+__all__ = ["WEIGHTS", "Pretrained", "Weights", "create_model", "download", "entry_for_file", "fit", "is_published",
+           "list_weights", "load_pretrained", "load_published", "weights_table"]

@@ -115,7 +115,7 @@ def test_weights_command_lists_names_with_published_top1_and_cache_state(served,
     assert main(["weights", "--model", "resnet18"]) == 0
     line = [x for x in capsys.readouterr().out.splitlines() if " test-good " in x][0]
     assert line.split()[-1] == "yes"
-    assert main(["weights", "--model", "resnet20"]) == 2
+    assert main(["weights", "--model", "plain34"]) == 2
 
 
 def test_an_unknown_name_or_wrong_net_is_one_line():

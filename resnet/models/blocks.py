@@ -2,7 +2,10 @@
 
 A block computes y = relu(F(x) + shortcut(x)). The shortcut is the identity where the
 dimensions agree, and where they change it is one of:
-  A  zero-padding identity: subsample by striding, pad the new channels with zeros (no parameters)
+  A  zero-padding identity: subsample by striding, pad the new channels with zeros (no parameters);
+     the paper does not say where the zero channels go: `zero_pad="after"` appends them after the
+     identity's channels (fb.resnet.torch, our default), `"both"` splits them evenly before and after
+     (akamaster/pytorch_resnet_cifar10, whose CIFAR-10 weights need it)
   B  projection W_s x (1x1 conv + BN), used only where dimensions change
   C  projection on every block
 A plain block ("none") is the same F(x) with no shortcut at all: relu(F(x)).
@@ -16,6 +19,7 @@ from torch import nn
 
 SHORTCUTS = ("A", "B", "C")
 BOTTLENECK_STRIDES = ("1x1", "3x3")
+ZERO_PADS = ("after", "both")  # where option A's zero channels go: after the identity, or split before/after
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -29,22 +33,31 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
 
 
 class ZeroPadShortcut(nn.Module):
-    """Option A: identity with stride-2 subsampling and zero channels appended; parameter free."""
+    """Option A: identity with stride-2 subsampling and zero channels added; parameter free.
 
-    def __init__(self, in_planes: int, out_planes: int, stride: int) -> None:
+    `zero_pad="after"` puts all new channels after the identity's; `"both"` puts half before
+    (rounded down) and the rest after. The two are the same function up to a permutation of
+    channels, but weights trained with one layout give other outputs under the other.
+    """
+
+    def __init__(self, in_planes: int, out_planes: int, stride: int, zero_pad: str = "after") -> None:
         super().__init__()
+        if zero_pad not in ZERO_PADS:
+            raise ValueError(f"invalid zero_pad={zero_pad!r}; allowed: {', '.join(map(repr, ZERO_PADS))}")
         self.stride = stride
         self.extra_channels = out_planes - in_planes
+        self.zero_pad = zero_pad
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride > 1:
             x = x[:, :, :: self.stride, :: self.stride]
         if self.extra_channels:
-            x = F.pad(x, (0, 0, 0, 0, 0, self.extra_channels))
+            before = self.extra_channels // 2 if self.zero_pad == "both" else 0
+            x = F.pad(x, (0, 0, 0, 0, before, self.extra_channels - before))
         return x
 
     def extra_repr(self) -> str:
-        return f"stride={self.stride}, extra_channels={self.extra_channels}"
+        return f"stride={self.stride}, extra_channels={self.extra_channels}, zero_pad={self.zero_pad!r}"
 
 
 def projection(in_planes: int, out_planes: int, stride: int) -> nn.Sequential:
@@ -52,15 +65,19 @@ def projection(in_planes: int, out_planes: int, stride: int) -> nn.Sequential:
     return nn.Sequential(conv1x1(in_planes, out_planes, stride), nn.BatchNorm2d(out_planes))
 
 
-def make_shortcut(shortcut: str | None, in_planes: int, out_planes: int, stride: int) -> nn.Module | None:
-    """The shortcut module for one block, or None for the identity (or for a plain block)."""
+def make_shortcut(shortcut: str | None, in_planes: int, out_planes: int, stride: int,
+                  zero_pad: str = "after") -> nn.Module | None:
+    """The shortcut module for one block, or None for the identity (or for a plain block).
+
+    `zero_pad` places option A's zero channels (see ZeroPadShortcut); B and C ignore it.
+    """
     if shortcut is None:
         return None
     changes = stride != 1 or in_planes != out_planes
     if shortcut == "C" or (shortcut == "B" and changes):
         return projection(in_planes, out_planes, stride)
     if shortcut == "A" and changes:
-        return ZeroPadShortcut(in_planes, out_planes, stride)
+        return ZeroPadShortcut(in_planes, out_planes, stride, zero_pad)
     return None
 
 
@@ -90,14 +107,15 @@ class BasicBlock(_Block):
 
     expansion = 1
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str | None = "B") -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str | None = "B",
+                 zero_pad: str = "after") -> None:
         super().__init__()
         self.conv1 = conv3x3(in_planes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
         self.residual = shortcut is not None
-        self.downsample = make_shortcut(shortcut, in_planes, planes, stride)
+        self.downsample = make_shortcut(shortcut, in_planes, planes, stride, zero_pad)
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -123,6 +141,7 @@ class Bottleneck(_Block):
         stride: int = 1,
         shortcut: str | None = "B",
         stride_at: str = "1x1",
+        zero_pad: str = "after",
     ) -> None:
         super().__init__()
         out_planes = planes * self.expansion
@@ -134,7 +153,7 @@ class Bottleneck(_Block):
         self.conv3 = conv1x1(planes, out_planes)
         self.bn3 = nn.BatchNorm2d(out_planes)
         self.residual = shortcut is not None
-        self.downsample = make_shortcut(shortcut, in_planes, out_planes, stride)
+        self.downsample = make_shortcut(shortcut, in_planes, out_planes, stride, zero_pad)
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))

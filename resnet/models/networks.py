@@ -44,6 +44,7 @@ class ResNet(nn.Module):
         shortcut: str = "B",
         bottleneck_stride: str = "1x1",
         zero_init_residual: bool = False,
+        zero_pad: str = "after",
     ) -> None:
         super().__init__()
         self.spec = spec
@@ -63,7 +64,7 @@ class ResNet(nn.Module):
         self.stage_names: list[str] = []
         self.feature_info: list[dict] = []
         stride_so_far = stem_stride
-        block_options = {"shortcut": shortcut if spec.residual else None}
+        block_options = {"shortcut": shortcut if spec.residual else None, "zero_pad": zero_pad}
         if block_cls is Bottleneck:
             block_options["stride_at"] = bottleneck_stride
         for i, (blocks, width) in enumerate(zip(spec.blocks_per_stage, spec.widths)):

@@ -7,7 +7,7 @@ import difflib
 
 from torch import nn
 
-from resnet.models.blocks import BOTTLENECK_STRIDES, SHORTCUTS
+from resnet.models.blocks import BOTTLENECK_STRIDES, SHORTCUTS, ZERO_PADS
 from resnet.models.networks import NetworkSpec, ResNet
 
 IMAGENET_WIDTHS = (64, 128, 256, 512)
@@ -78,12 +78,16 @@ def create_model(
     bottleneck_stride: str = "1x1",
     zero_init_residual: bool = False,
     base_width: int | None = None,
+    zero_pad: str = "after",
 ) -> nn.Module:
     """Build a network of the paper by name, e.g. `create_model("resnet56")`.
 
     Defaults follow the paper: 1000 classes and shortcut B for ImageNet nets, 10 classes and
     shortcut A for CIFAR nets, stride in the bottleneck's first 1x1 conv. `base_width` changes
     the first stage's filters (16 CIFAR, 64 ImageNet), doubling per stage as in the paper.
+    `zero_pad` places option A's zero channels: "after" the identity's (fb.resnet.torch, the
+    default) or split evenly "both" before and after (akamaster's CIFAR-10 weights); the paper
+    leaves it open. It is recorded in `model.options` (and so in checkpoints) when shortcut is A.
     """
     spec = get_spec(name)
     if base_width is not None:
@@ -93,12 +97,13 @@ def create_model(
     shortcut = default_shortcut(name) if shortcut is None else str(shortcut).upper()
     _check_choice("shortcut", shortcut, SHORTCUTS)
     _check_choice("bottleneck_stride", bottleneck_stride, BOTTLENECK_STRIDES)
+    _check_choice("zero_pad", zero_pad, ZERO_PADS)
     if num_classes is None:
         num_classes = 1000 if spec.family == "imagenet" else 10
     for option, value in (("num_classes", num_classes), ("in_channels", in_channels)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"invalid {option}={value!r}; must be a positive integer")
-    model = ResNet(spec, num_classes, in_channels, shortcut, bottleneck_stride, zero_init_residual)
+    model = ResNet(spec, num_classes, in_channels, shortcut, bottleneck_stride, zero_init_residual, zero_pad)
     model.name = name
     model.options = {
         "num_classes": num_classes,
@@ -109,4 +114,6 @@ def create_model(
     }
     if base_width is not None:
         model.options["base_width"] = base_width
+    if shortcut == "A":
+        model.options["zero_pad"] = zero_pad
     return model
