@@ -69,6 +69,26 @@ def test_shortcut_a_is_zero_padded_subsampled_identity():
     assert torch.count_nonzero(shortcut[:, 16:]) == 0
 
 
+def test_shortcut_a_zeros_split_before_and_after_and_recorded(tmp_path):
+    """zero_pad="both" (akamaster's layout): 8 zero channels, the identity's 16, 8 zero channels."""
+    from resnet.checkpoint import load_model, save_weights
+
+    model = create_model("resnet20", zero_pad="both").eval()
+    x = torch.randn(1, 16, 8, 8)
+    shortcut = model.layer2[0].downsample(x)
+    assert shortcut.shape == (1, 32, 4, 4) and "zero_pad='both'" in repr(model.layer2[0].downsample)
+    assert torch.equal(shortcut[:, 8:24], x[:, :, ::2, ::2])
+    assert torch.count_nonzero(shortcut[:, :8]) == 0 and torch.count_nonzero(shortcut[:, 24:]) == 0
+    assert create_model("resnet20").options["zero_pad"] == "after"  # the default: fb.resnet.torch's layout
+    assert "zero_pad" not in create_model("resnet18").options  # no option A, nothing to record
+    save_weights(tmp_path / "w.safetensors", model)  # the layout is in the checkpoint's options and comes back
+    again = load_model(tmp_path / "w.safetensors")
+    assert again.options["zero_pad"] == "both" and again.layer3[0].downsample.zero_pad == "both"
+    y = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(again(y), model(y))
+
+
 def test_plain_block_has_no_shortcut():
     model = create_model("plain20").eval()
     block = model.layer1[0]
@@ -127,6 +147,8 @@ def test_unknown_name_and_bad_option_say_what_is_allowed():
         create_model("resnet20", shortcut="D")
     with pytest.raises(ValueError, match="1x1"):
         create_model("resnet50", bottleneck_stride="2x2")
+    with pytest.raises(ValueError, match="'after', 'both'"):
+        create_model("resnet20", zero_pad="before")
 
 
 def test_summary_command(capsys):
