@@ -132,14 +132,15 @@ class ResumableLoader:
     """A DataLoader whose epochs and mid-epoch restarts follow `ResumableSampler`."""
 
     def __init__(self, dataset: Dataset, batch_size: int, *, train: bool, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, num_workers: int | None = None, pin_memory: bool = False) -> None:
+                 world_size: int = 1, num_workers: int | None = None, pin_memory: bool = False,
+                 collate_fn=None) -> None:
         self.sampler = ResumableSampler(len(dataset), batch_size, shuffle=train, seed=seed, rank=rank,
                                         world_size=world_size, drop_last=train)
         workers = default_workers(world_size) if num_workers is None else num_workers
         self.loader = DataLoader(SeededSamples(dataset, seed), batch_size=batch_size, sampler=self.sampler,
                                  num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
                                  drop_last=train, prefetch_factor=4 if workers > 0 else None,
-                                 worker_init_fn=ignore_stop_signals)
+                                 worker_init_fn=ignore_stop_signals, collate_fn=collate_fn)
         self.batch_size, self.train = batch_size, train
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
@@ -169,8 +170,12 @@ def default_workers(world_size: int = 1) -> int:
 
 def build_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int = 0, rank: int = 0,
                  world_size: int = 1, num_workers: int | None = None,
-                 device: str | torch.device = "cpu") -> ResumableLoader:
-    """A resumable, sharded loader for a map-style dataset; pinned memory when training on CUDA."""
+                 device: str | torch.device = "cpu", collate_fn=None) -> ResumableLoader:
+    """A resumable, sharded loader for a map-style dataset; pinned memory when training on CUDA.
+
+    `collate_fn` (DataLoader's; None: stack into tensors) builds a batch from samples, e.g. lists of
+    images and target dicts for detection.
+    """
     pin = torch.device(device).type == "cuda"
     return ResumableLoader(dataset, batch_size, train=train, seed=seed, rank=rank, world_size=world_size,
-                           num_workers=num_workers, pin_memory=pin)
+                           num_workers=num_workers, pin_memory=pin, collate_fn=collate_fn)
