@@ -160,7 +160,7 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict, torch
 
 
 META_TYPES = {"model": str, "options": dict, "classes": list, "class_names": list, "dataset": str, "style": str,
-              "image_size": (int, list), "resize_size": int}
+              "image_size": (int, list), "resize_size": int, "input_std": list}
 
 
 def check_meta(meta: dict, source: str) -> None:
@@ -179,6 +179,29 @@ def check_finite(tensors: dict[str, torch.Tensor], source: str) -> None:
     if bad:
         raise ValueError(f"{source}: {len(bad)} tensor(s) hold NaN or infinite values ({', '.join(bad[:3])}"
                          f"{', ...' if len(bad) > 3 else ''}); the weights are unusable (did training diverge?)")
+
+
+def check_fits(model: nn.Module, meta: dict, mean: torch.Tensor | None, source: str) -> None:
+    """One line naming the file when the metadata's class lists or the stored input mean or std do not fit the
+    network built from it (a hand-edited or foreign file): else predict would mix names with indices, and the
+    normalisation would fail deep inside the first batch."""
+    outputs = getattr(getattr(model, "fc", None), "out_features", None)
+    for key in ("class_names", "classes"):
+        names = meta.get(key)
+        if outputs is not None and names is not None and len(names) != outputs:
+            raise ValueError(f"{source}: metadata field {key!r} lists {len(names)} classes but the classifier has "
+                             f"{outputs} outputs; the checkpoint is inconsistent (re-save it with one name per class)")
+    channels = getattr(getattr(model, "conv1", None), "in_channels", None)
+    if mean is not None:
+        shape = tuple(mean.shape)
+        if mean.dim() not in (1, 3) or 0 in shape or (channels is not None and shape[0] != channels):
+            c = channels or "C"
+            raise ValueError(f"{source}: its stored input mean has shape {list(shape)}; a {c}-channel network needs "
+                             f"[{c}], [{c}, 1, 1] or [{c}, H, W]")
+    std = meta.get("input_std")
+    if std is not None and channels is not None and len(std) not in (1, channels):
+        raise ValueError(f"{source}: its input_std has {len(std)} values; a {channels}-channel network needs "
+                         f"{channels} (or 1)")
 
 
 def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str, target: str) -> None:
@@ -218,6 +241,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", which: str 
     except (TypeError, ValueError, KeyError) as e:
         raise ValueError(f"{file}: its metadata does not describe a network we can build ({e})") from None
     load_state_dict_checked(model, state, str(file), meta["model"])
+    check_fits(model, meta, mean, str(file))
     model.meta = meta
     model.input_mean = mean
     std = meta.get("input_std")

@@ -16,7 +16,9 @@ from resnet.evaluate.protocols import PAPER_SCALES, PROTOCOLS
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", action="append", required=True, metavar="PATH",
                    help="a .safetensors checkpoint or a run directory; repeat for an ensemble")
-    p.add_argument("--data", required=True, metavar="NAME", help="dataset: cifar10, cifar100, fashion-mnist, imagenet, folder, synthetic")
+    p.add_argument("--data", required=True, metavar="NAME",
+                   help="dataset: cifar10, cifar100, fashion-mnist, imagenet, folder, synthetic; for a detector "
+                        "fashion-scenes or coco (a COCO-format folder as --data-dir)")
     p.add_argument("--data-dir", metavar="PATH", help="where the dataset lives")
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to evaluate (default: test)")
     p.add_argument("--protocol", default="center", choices=PROTOCOLS, help="test protocol (default: center)")
@@ -32,6 +34,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from resnet.detection import is_detector_checkpoint
+
+    if is_detector_checkpoint(args.checkpoint[0]):  # COCO box/mask AP (--data fashion-scenes or coco)
+        from resnet.detection.cli import evaluate as evaluate_detector
+
+        return evaluate_detector(args)
     from resnet import strictjson
     from resnet.checkpoint import atomic_write_text
     from resnet.device import resolve_device

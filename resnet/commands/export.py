@@ -13,9 +13,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int, help="input side (default: the checkpoint's image size, 224 or 32)")
     p.add_argument("--dynamo", action="store_true", help="use the torch.export-based exporter (slower)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--image", metavar="FILE", help="detector checkpoints: the image the export is checked on "
+                                                  "(default: fashion-scenes' first val image)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from resnet.detection import is_detector_checkpoint
+
+    if is_detector_checkpoint(args.checkpoint):  # torchvision's detection export: resnet/detection/export.py
+        from resnet.detection.cli import export as export_detector
+
+        return export_detector(args)
     from resnet import strictjson
     from resnet.checkpoint import load_model
     from resnet.export import TOLERANCE, check_opset, export_onnx

@@ -2,8 +2,9 @@
 trained checkpoint. Each image gets the checkpoint's own test preprocessing (resize and crop to its
 training size; 256/224 for ImageNet-style nets) and is read upright (EXIF orientation).
 
-Images that would decode to more than --max-pixels pixels (default 64 million; JPEGs count at the
-reduced size they are decoded to) are refused with one line, as are decompression bombs."""
+Files that cannot be read (not an image, truncated, more than --max-pixels pixels: default 64 million, JPEGs
+counted at the reduced size they are decoded to, or decompression bombs) are skipped and named, as `eval`
+does; the others are predicted. The exit status is 2 only when no file could be read."""
 
 from __future__ import annotations
 
@@ -23,13 +24,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protocol", default="center", choices=PROTOCOLS, help="test protocol (default: center)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
+    p.add_argument("--draw", metavar="DIR", help="detector checkpoints: write each image with its detections drawn")
+    p.add_argument("--score-threshold", type=float, default=0.5,
+                   help="detector checkpoints: the lowest score shown (default: 0.5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--out", metavar="FILE", help="also write the results to FILE.json or FILE.csv")
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
-                   help=f"refuse images above this many pixels (default: {MAX_PIXELS:,})")
+                   help=f"skip images above this many pixels (default: {MAX_PIXELS:,})")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="mixed precision (default: on CUDA and on CPUs with native bf16); --no-amp: exact fp32, "
+                        "as $RESNET_CPU_FAST=0")
 
 
 def run(args: argparse.Namespace) -> int:
+    from resnet.detection import is_detector_checkpoint
+
+    if is_detector_checkpoint(args.checkpoint):  # boxes, classes, scores (and masks): resnet/detection/cli.py
+        from resnet.detection.cli import predict as predict_detections
+
+        return predict_detections(args)
     from resnet import strictjson
     from resnet.checkpoint import load_model
     from resnet.device import resolve_device
@@ -42,9 +55,13 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {args.out}: give a .json or .csv file name")
     resolve_device(args.device)
     model = load_model(args.checkpoint, args.device)
-    results = predict(model, args.images, args.top, args.protocol, args.device, args.batch_size, args.max_pixels)
+    skipped: list[dict] = []
+    results = predict(model, args.images, args.top, args.protocol, args.device, args.batch_size, args.max_pixels,
+                      amp=args.amp, skipped=skipped)
     print(strictjson.dumps(results, indent=2) if args.json else format_predictions(results))
     if args.out:
         write_predictions(results, args.out)
         print(f"wrote {args.out}", file=sys.stderr if args.json else sys.stdout)  # stdout stays JSON
     return 0
+    for item in skipped:  # each line names the file and why (stderr: stdout stays the predictions)
+        print(f"resnet predict: skipped {item['error']}", file=sys.stderr)

@@ -1,0 +1,120 @@
+"""Detections on image files under a detector checkpoint: boxes, class names, scores (and masks as RLE).
+
+Images are read upright (EXIF) in the detector's channels and given to it whole: its own transform
+(GeneralizedRCNNTransform) resizes and normalises them, and its boxes come back in the image's pixels.
+Results are JSON ({"image", "detections": [{"box": [x1, y1, x2, y2], "label", "class", "score",
+"mask": {"size", "counts"}}]}) or CSV (one row per detection); `draw` writes each image with its boxes,
+class names and scores (torchvision.utils.draw_bounding_boxes) and masks (draw_segmentation_masks).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from resnet.data.folder import MAX_PIXELS
+
+
+@torch.no_grad()
+def predict_detections(model: nn.Module, images: Sequence[str | Path], *, device: str = "cpu",
+                       score_threshold: float = 0.5, max_pixels: int = MAX_PIXELS,
+                       keep_masks: bool = False) -> list[dict]:
+    """For each image file (or every image in a folder): its detections scoring at least `score_threshold`.
+
+    `keep_masks` also keeps the soft masks as tensors under "_masks" (for drawing; not JSON).
+    """
+    from resnet.detection.evaluate import encode_masks
+    from resnet.predict import gather_images, read_image
+
+    names = model.meta["class_names"]
+    channels = model.spec["net_options"].get("in_channels", 3)
+    model.eval()
+    results = []
+    for path in gather_images(images):
+        image = read_image(path, channels, max_pixels=max_pixels)
+        output = model([image.float().div(255).to(device)])[0]
+        keep = output["scores"] >= score_threshold
+        output = {k: v[keep].cpu() for k, v in output.items()}
+        rles = encode_masks(output["masks"]) if "masks" in output else [None] * len(output["scores"])
+        detections = []
+        for box, label, score, rle in zip(output["boxes"].tolist(), output["labels"].tolist(),
+                                          output["scores"].tolist(), rles):
+            entry = {"box": [round(v, 2) for v in box], "label": int(label), "class": str(names[label - 1]),
+                     "score": round(float(score), 5)}
+            if rle is not None:
+                entry["mask"] = rle
+            detections.append(entry)
+        result = {"image": str(path), "detections": detections}
+        if keep_masks:
+            result["_image"], result["_masks"] = image, output.get("masks")
+        results.append(result)
+    return results
+
+
+def public(results: list[dict]) -> list[dict]:
+    """The results without the tensors kept for drawing."""
+    return [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]
+
+
+def format_detections(results: list[dict]) -> str:
+    """One block per image: score, class, box."""
+    lines = []
+    for r in results:
+        lines.append(f"{r['image']}: {len(r['detections'])} detection(s)")
+        lines += [f"  {d['score']:6.1%}  {d['class']:<14} [{', '.join(f'{v:.1f}' for v in d['box'])}]"
+                  for d in r["detections"]]
+    return "\n".join(lines)
+
+
+def detections_csv(results: list[dict]) -> str:
+    """CSV, one row per detection: image, rank, label, class, score, x1, y1, x2, y2, mask_rle."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["image", "rank", "label", "class", "score", "x1", "y1", "x2", "y2", "mask_rle"])
+    for r in results:
+        for rank, d in enumerate(r["detections"], 1):
+            rle = d.get("mask", {}).get("counts", "")
+            writer.writerow([r["image"], rank, d["label"], d["class"], d["score"], *d["box"], rle])
+    return buffer.getvalue()
+
+
+def write_detections(results: list[dict], out: str | Path) -> Path:
+    """Results written atomically as JSON (.json) or CSV (.csv)."""
+    from resnet.checkpoint import atomic_write_text
+
+    out = Path(out)
+    if out.suffix.lower() == ".json":
+        return atomic_write_text(out, json.dumps(public(results), indent=2))
+    if out.suffix.lower() == ".csv":
+        return atomic_write_text(out, detections_csv(results))
+    raise ValueError(f"--out {out}: give a .json or .csv file name")
+
+
+def draw_detections(results: list[dict], folder: str | Path) -> list[Path]:
+    """Each image with its boxes, 'class score' labels and masks, as folder/<stem>.png (atomic writes)."""
+    from torchvision.io import write_png
+    from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+
+    from resnet.checkpoint import atomic_write
+
+    folder = Path(folder)
+    written = []
+    for r in results:
+        canvas = r["_image"]
+        canvas = canvas.expand(3, -1, -1).contiguous() if canvas.shape[0] == 1 else canvas
+        masks = r.get("_masks")
+        if masks is not None and len(masks):
+            canvas = draw_segmentation_masks(canvas, masks[:, 0] > 0.5, alpha=0.4)
+        if r["detections"]:
+            boxes = torch.tensor([d["box"] for d in r["detections"]], dtype=torch.float32)
+            labels = [f"{d['class']} {d['score']:.2f}" for d in r["detections"]]
+            canvas = draw_bounding_boxes(canvas, boxes, labels=labels, colors="red", width=2)
+        path = folder / f"{Path(r['image']).stem}.png"
+        written.append(atomic_write(path, lambda tmp, image=canvas: write_png(image, tmp)))
+    return written
