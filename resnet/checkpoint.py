@@ -334,3 +334,9 @@ def last_checkpoint(ckpt_dir: str | Path) -> tuple[Path, dict]:
         return weights, state
     return ckpt_dir / "last.safetensors", load_training_state(ckpt_dir / "last.state.pt")
 
+
+
+def has_checkpoint(ckpt_dir: str | Path) -> bool:
+    """Whether a run directory's `checkpoints/` holds a checkpoint to resume from (either layout)."""
+    ckpt_dir = Path(ckpt_dir)
+    return (ckpt_dir / "last").is_symlink() or (ckpt_dir / "last.state.pt").exists()

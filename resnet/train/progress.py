@@ -16,8 +16,8 @@ class Progress:
     """Shows training progress; the postfix is computed only when it is displayed (no GPU sync per step)."""
 
     def __init__(self, total: int, initial: int = 0, enabled: bool = True, force_bar: bool | None = None,
-                 log_every: int = 50, show_top5: bool = True) -> None:
-        self.enabled, self.total, self.log_every, self.show_top5 = enabled, total, log_every, show_top5
+                 log_every: int = 50) -> None:
+        self.enabled, self.total, self.log_every = enabled, total, log_every
         self.use_bar = enabled and (sys.stderr.isatty() if force_bar is None else force_bar)
         self.bar = tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True, file=sys.stderr) \
             if self.use_bar else None
@@ -51,20 +51,17 @@ class Progress:
         fields = "  ".join(f"{k} {_number(v)}" for k, v in values.items())
         print(f"step {step}/{self.total}  epoch {epoch + 1}  {fields}  eta {_duration(eta)}", flush=True)
 
-    def log_row(self, row: dict) -> None:
-        """One line per evaluation, printed above the bar."""
+    def log_row(self, row: dict, parts: list[str] | None = None) -> None:
+        """One line per evaluation (the task's `parts`, by default its errors, between the step and the rate),
+        printed above the bar."""
         if not self.enabled:
             return
-        parts = [f"step {row['step']}", f"train err {100 * row['train_error']:.2f}%"]
-        for key in ("val", "test"):
-            if f"{key}_top1_error" in row:
-                top5 = f" (top-5 {100 * row[f'{key}_top5_error']:.2f}%)" if self.show_top5 else ""
-                parts.append(f"{key} err {100 * row[f'{key}_top1_error']:.2f}%{top5}")
-        parts.append(f"{row['images_per_sec']:.0f} img/s")
+        parts = error_parts(row) if parts is None else parts
+        line = "  ".join([f"step {row['step']}", *parts, f"{row['images_per_sec']:.0f} img/s"])
         if self.bar is not None:
-            self.bar.write("  ".join(parts))
+            self.bar.write(line)
         else:
-            print("  ".join(parts), flush=True)
+            print(line, flush=True)
         self.resume_clock(row["step"])
 
     def resume_clock(self, step: int) -> None:
@@ -78,6 +75,16 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def error_parts(row: dict, show_top5: bool = True) -> list[str]:
+    """A classification row's errors as printed: "train err 5.00%", "val err 7.12% (top-5 0.40%)"."""
+    parts = [f"train err {100 * row['train_error']:.2f}%"]
+    for key in ("val", "test"):
+        if f"{key}_top1_error" in row:
+            top5 = f" (top-5 {100 * row[f'{key}_top5_error']:.2f}%)" if show_top5 else ""
+            parts.append(f"{key} err {100 * row[f'{key}_top1_error']:.2f}%{top5}")
+    return parts
 
 
 _LOG_LINE = re.compile(r"^step (\d+)/\d+  .*  eta (\d+:\d\d:\d\d)$", re.MULTILINE)  # as update() prints

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, fields
 
 
-CHOICES = {"schedule": ("step", "plateau", "cosine"), "warmup": ("auto", "on", "off"), "device": ("auto", "cpu", "cuda"),
+CHOICES = {"schedule": ("step", "plateau", "cosine", "onecycle"), "tta": ("none", "flip"), "warmup": ("auto", "on", "off"), "device": ("auto", "cpu", "cuda"),
            "amp_dtype": ("bf16", "fp16"), "device_loader": ("auto", "on", "off"), "style": ("auto", "small", "imagenet")}
 
 
@@ -23,6 +24,7 @@ class Recipe:
     iters: int | None = 64_000  # total iterations; `epochs` instead when set
     epochs: int | None = None
     schedule: str = "step"  # "step": lr / 10 at `lr_drops`; "plateau": lr / 10 when val error stalls; "cosine"
+    # or "onecycle": linear decay to 0 after the `warmup_fraction` ramp (the ramp then decay of one-cycle)
     lr_drops: tuple[float, ...] = (0.5, 0.75)  # fractions of training: 32k and 48k of 64k
     plateau_patience: int = 3  # evaluations without improvement before lr / 10
     warmup: str = "auto"  # "auto" (ResNet-110 and deeper, as the paper), "on" or "off"
@@ -48,28 +50,67 @@ class Recipe:
     log_every: int = 50  # iterations between plain log lines when output is not a terminal
     style: str = "auto"  # folder/imagenet data: "small" (CIFAR protocol, native size), "imagenet", or from the images
     image_size: int | None = None  # folder/imagenet data: the network's input side (default: from the data)
+    # The modern recipe (not in the paper; each off in the paper's recipes)
+    nesterov: bool = False  # Nesterov momentum
+    label_smoothing: float = 0.0  # cross-entropy against (1 - e) one-hot + e / classes
+    mixup_alpha: float = 0.0  # mixup's Beta(alpha, alpha); 0: off
+    cutmix_alpha: float = 0.0  # cutmix's Beta(alpha, alpha); 0: off (both on: one of the two per batch)
+    mix_prob: float = 1.0  # fraction of batches mixed when mixup or cutmix is on
+    random_erasing: float = 0.0  # probability that an image gets a random rectangle erased
+    ema_decay: float = 0.0  # EMA of the weights (evaluated, saved, used by eval/predict/export); 0: off
+    tta: str = "none"  # test-time augmentation in evaluations: "none" or "flip" (mean of image and flip)
+    tensorboard: bool = False  # also write TensorBoard event files into RUN_DIR/tensorboard
 
     def validate(self) -> Recipe:
-        """Check option values, raising one line that names the option."""
+        """Check every option's value (choices, ranges, NaN and infinity), raising one line that names the option."""
         for option, allowed in CHOICES.items():
             if getattr(self, option) not in allowed:
-                raise ValueError(f"invalid --{option.replace('_', '-')} {getattr(self, option)!r}; allowed: {', '.join(allowed)}")
-        for option in ("batch_size", "iters", "epochs", "subset", "eval_every", "eval_subset", "plateau_patience",
-                       "image_size"):
+                raise ValueError(f"invalid --{_flag(option)} {getattr(self, option)!r}; allowed: {', '.join(allowed)}")
+        for option, (low, high, low_open, high_open) in RANGES.items():
             value = getattr(self, option)
-            if value is not None and value < 1:
-                raise ValueError(f"invalid --{option.replace('_', '-')} {value}; must be a positive integer")
-        if self.lr <= 0:
-            raise ValueError(f"invalid --lr {self.lr}; must be positive")
-        if self.head_lr_mult <= 0:
-            raise ValueError(f"invalid --head-lr-mult {self.head_lr_mult}; must be positive")
-        if self.freeze is not None and self.freeze < 0:
-            raise ValueError(f"invalid --freeze {self.freeze}; the number of stages to freeze after the stem, 0 or more")
-        if not 0 <= self.warmup_fraction < 1:
-            raise ValueError(f"invalid --warmup-fraction {self.warmup_fraction}; must be in [0, 1)")
+            if value is not None:
+                _check_range(option, value, low, high, low_open, high_open)
+        for drop in self.lr_drops:
+            _check_range("lr_drops", drop, 0.0, 1.0, True, True)
+        if list(self.lr_drops) != sorted(self.lr_drops):
+            raise ValueError(f"invalid --lr-drops {' '.join(map(str, self.lr_drops))}; give them in increasing order")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("--nesterov needs a --momentum above 0")
         if (self.iters is None) == (self.epochs is None):
             raise ValueError(f"give one of --iters or --epochs (iters={self.iters}, epochs={self.epochs})")
         return self
+
+
+# Valid values of numeric fields: (low, high, low excluded, high excluded); None: unbounded on that side.
+POSITIVE = (1, None, False, False)
+RANGES = {
+    **{name: POSITIVE for name in ("batch_size", "iters", "epochs", "subset", "eval_every", "eval_subset",
+                                   "plateau_patience", "image_size", "log_every")},
+    "seed": (0, None, False, False), "num_workers": (0, None, False, False), "freeze": (0, None, False, False),
+    "lr": (0.0, None, True, False), "warmup_lr": (0.0, None, True, False), "head_lr_mult": (0.0, None, True, False),
+    "momentum": (0.0, 1.0, False, True), "weight_decay": (0.0, None, False, False),
+    "warmup_error": (0.0, 1.0, True, False), "warmup_fraction": (0.0, 1.0, False, True),
+    "label_smoothing": (0.0, 1.0, False, True), "mixup_alpha": (0.0, None, False, False),
+    "cutmix_alpha": (0.0, None, False, False), "mix_prob": (0.0, 1.0, False, False),
+    "random_erasing": (0.0, 1.0, False, False), "ema_decay": (0.0, 1.0, False, True),
+}
+
+
+def _flag(option: str) -> str:
+    return option.replace("_", "-")
+
+
+def _check_range(option: str, value, low, high, low_open: bool, high_open: bool) -> None:
+    """One line naming the option when `value` is NaN, infinite, of the wrong kind or outside its range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"invalid --{_flag(option)} {value!r}; must be a finite number")
+    if isinstance(low, int) and not isinstance(low, bool) and not float(value).is_integer():
+        raise ValueError(f"invalid --{_flag(option)} {value!r}; must be a whole number")
+    below = value <= low if low_open else value < low
+    above = high is not None and (value >= high if high_open else value > high)
+    if below or above:
+        interval = f"{'(' if low_open else '['}{low}, {'inf)' if high is None else str(high) + (')' if high_open else ']')}"
+        raise ValueError(f"invalid --{_flag(option)} {value}; must be in {interval}")
 
 
 RECIPES: dict[str, Recipe] = {
@@ -125,7 +166,12 @@ def get_recipe(name: str, **overrides) -> Recipe:
 
 
 def recipe_from_dict(data: dict) -> Recipe:
-    """Rebuild a saved recipe (JSON turns tuples into lists)."""
+    """Rebuild a saved recipe (JSON turns tuples into lists); an unknown field is one line naming it."""
+    if not isinstance(data, dict):
+        raise ValueError(f"the recipe is a {type(data).__name__}, not an object of fields")
+    unknown = sorted(set(data) - {f.name for f in fields(Recipe)})
+    if unknown:
+        raise ValueError(f"unknown recipe field(s) {', '.join(unknown)} (written by another version of resnet?)")
     data = dict(data)
     if "lr_drops" in data:
         data["lr_drops"] = tuple(data["lr_drops"])

@@ -1,6 +1,7 @@
 """The paper's learning-rate schedules: step drops at fixed iterations, or drops when error plateaus,
 optionally after ResNet-110's warm-up (lr 0.01 until training error falls below 80%); and, for
-fine-tuning, cosine decay to zero, optionally after a linear warm-up over a fraction of training."""
+fine-tuning and the fast recipe, cosine or linear decay to zero, optionally after a linear warm-up over a
+fraction of training (warm-up then linear decay is the one-cycle schedule)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ class LRSchedule:
             return self.recipe.warmup_lr
         if self.recipe.schedule == "cosine":
             lr = self.recipe.lr * 0.5 * (1 + math.cos(math.pi * min(step, self.total) / self.total))
+        elif self.recipe.schedule == "onecycle":  # linear, from the peak after the ramp down to 0 at the end
+            lr = self.recipe.lr * min(1.0, max(self.total - step, 0) / max(self.total - self.ramp, 1))
         else:
             lr = self.recipe.lr * self.factor * 0.1 ** sum(step >= d for d in self.drops)
         return lr * (step + 1) / self.ramp if step < self.ramp else lr

@@ -1,0 +1,48 @@
+"""What the training engine trains: the task interface. Classification (resnet/train/classification.py) is the
+first implementation, detection (resnet/detection/task.py) the second; the engine knows nothing else of either.
+
+A task owns its data (a training loader with `len()` and `set_epoch(epoch, start_batch)` for exact resume, and
+held-out loaders by split name), builds the network, turns a batch into a loss, and computes and names an
+evaluation. The engine owns the optimiser, schedule, EMA, checkpoints, signals, progress and the run directory.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol
+
+import torch
+from torch import nn
+
+
+class Task(Protocol):
+    """The task-specific part of a run; the engine calls these in this order."""
+
+    name: str  # "classification", "detection": recorded in config.json
+    train_loader: Any  # len() batches per process, set_epoch(epoch, start_batch), yields batches
+    eval_loaders: dict  # split name -> loader for the evaluations during training (maybe a sample)
+    final_loaders: dict  # split name -> loader for the last evaluation (every held-out image)
+
+    def setup(self, dist, device: torch.device) -> None:
+        """Read the data (fills the three loader attributes)."""
+
+    def build_model(self) -> nn.Module:
+        """The network to train, on the CPU, with `.meta` for its checkpoints."""
+
+    def describe(self) -> list[str]:
+        """Lines printed at the start of a run (the input, the task's settings)."""
+
+    def train_step(self, model: nn.Module, batch, step: int, autocast: Callable) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss to back-propagate, window statistics [loss sum, wrong, count] as float64 on the device).
+        Must not wait for the device (no .item())."""
+
+    def evaluate(self, model: nn.Module, loaders: dict, autocast: Callable) -> dict:
+        """Metrics over each held-out loader, keys prefixed by the split name ("val_top1_error")."""
+
+    def selection_error(self, row: dict) -> float:
+        """The number (lower is better) that picks the `best` checkpoint: validation, else test."""
+
+    def row_summary(self, row: dict) -> list[str]:
+        """The parts of the one line printed after an evaluation ("val err 7.12%")."""
+
+    def window_row(self, loss_sum: float, wrong: float, count: float) -> dict:
+        """The training fields of a metrics row from the window's totals."""
