@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -51,11 +52,32 @@ def _top(probs: torch.Tensor, top: int, names: list | None) -> list[dict]:
              "probability": float(p)} for p, i in zip(values, indices)]
 
 
+def _check_headers(files: list[Path], min_side: int | None, max_pixels: int) -> tuple[list[Path], list[dict]]:
+    """(files whose header reads and is not too large, [{image, error}] of the others), before any decoding work."""
+    readable, skipped = [], []
+    for path in files:
+        try:
+            open_checked(path, min_side, max_pixels).close()
+        except (ValueError, FileNotFoundError) as error:  # both name the file
+            skipped.append({"image": str(path), "error": str(error)})
+        else:
+            readable.append(path)
+    return readable, skipped
+
+
 @torch.no_grad()
 def predict(model: nn.Module, images: Sequence[str | Path], top: int = 5, protocol: str = "center",
-            device: str = "cpu", batch_size: int = 32, max_pixels: int = MAX_PIXELS) -> list[dict]:
-    """For each image file (or every image in a folder): its top classes as [{index, class, probability}]."""
+            device: str = "cpu", batch_size: int = 32, max_pixels: int = MAX_PIXELS, amp: bool | None = None,
+            skipped: list[dict] | None = None) -> list[dict]:
+    """For each readable image file (or every image in a folder): its top classes as [{index, class, probability}].
+
+    Unreadable files (not an image, truncated, too large) are left out as `eval` leaves them out: appended to
+    `skipped` as {image, error} when it is a list, else warned about by name; a ValueError says so when no file
+    was readable. `amp=False` computes in exact fp32 (`--no-amp`); None uses the device's fast path.
+    """
     import sys
+
+    from resnet.evaluate.memory import batch_that_fits, views_bytes
 
     meta = getattr(model, "meta", {}) or {}
     if getattr(model, "input_mean", None) is None:
@@ -65,14 +87,41 @@ def predict(model: nn.Module, images: Sequence[str | Path], top: int = 5, protoc
     names = meta.get("class_names") or meta.get("classes")
     channels = model.conv1.in_channels
     files = gather_images(images)
-    for path in files:  # every header checked (readable, not too large) before any work
-        open_checked(path, chosen.min_side, max_pixels).close()
-    results = []
-    for start in range(0, len(files), batch_size):
-        chunk = files[start:start + batch_size]
-        views = [(chosen.prepare(read_image(p, channels, chosen.min_side, max_pixels)), 0) for p in chunk]
-        probs = chosen.scores(model, norm, chosen.collate(views)[0], device).cpu()
-        results += [{"image": str(path), "top": _top(p, top, names)} for path, p in zip(chunk, probs)]
+    readable, bad = _check_headers(files, chosen.min_side, max_pixels)
+    results: list[dict] = []
+    pending: list[tuple[Path, object]] = []  # (file, its prepared views), scored `step` at a time
+    step = batch_size
+
+    def score_pending() -> None:
+        views = chosen.collate([(v, 0) for _, v in pending])[0]
+        probs = chosen.scores(model, norm, views, device, amp).cpu()
+        results.extend({"image": str(path), "top": _top(p, top, names)} for (path, _), p in zip(pending, probs))
+        pending.clear()
+
+    for path in readable:
+        try:
+            view = chosen.prepare(read_image(path, channels, chosen.min_side, max_pixels))
+        except ValueError as error:  # the header was fine, the data are not (a truncated file)
+            bad.append({"image": str(path), "error": str(error)})
+            continue
+        if not results and not pending:  # the first image: fewer per batch if a full batch would not fit in memory
+            step = batch_that_fits(batch_size, views_bytes(view), device)
+        pending.append((path, view))
+        if len(pending) == step:
+            score_pending()
+    if pending:
+        score_pending()
+    order = {str(path): i for i, path in enumerate(files)}
+    bad.sort(key=lambda s: order[s["image"]])
+    if not results:
+        if len(bad) == 1:
+            raise ValueError(bad[0]["error"])
+        raise ValueError(f"none of the {len(files)} image files could be read (the first: {bad[0]['error']})")
+    if skipped is not None:
+        skipped += bad
+    else:
+        for item in bad:
+            warnings.warn(f"skipped unreadable image: {item['error']}", stacklevel=3)  # past no_grad's wrapper
     return results
 
 

@@ -103,3 +103,75 @@ def test_a_failed_atomic_write_names_the_target_file(tmp_path, monkeypatch, caps
 
     assert one_line(caught.value) == f"{target}: Permission denied"
     assert not target.exists() and list(target.parent.iterdir()) == []
+
+
+# ---- 2. predict on a folder, --no-amp, checkpoints that do not fit their network -------------------------
+
+
+def test_predict_on_a_folder_skips_and_names_unreadable_images(tmp_path, capsys):
+    small_checkpoint(tmp_path / "m.safetensors")
+    images = band_images(tmp_path / "photos", ["a", "b"], 3)
+    truncated, empty, text = images[1], images[4], tmp_path / "photos" / "b" / "notes.png"
+    truncated.write_bytes(truncated.read_bytes()[:60])  # the header reads, the data do not
+    empty.write_bytes(b"")
+    text.write_text("not an image")
+    rc = main(["predict", "--checkpoint", str(tmp_path / "m.safetensors"), str(tmp_path / "photos"), "--json"])
+    captured = capsys.readouterr()
+    assert rc == 0
+    predicted = [r["image"] for r in json.loads(captured.out)]
+    assert predicted == [str(p) for p in images if p not in (truncated, empty)]
+    skipped = captured.err.strip().splitlines()
+    assert len(skipped) == 3 and all(line.startswith("resnet predict: skipped ") for line in skipped)
+    for bad in (truncated, empty, text):  # each named on its own line, with why
+        assert sum(f"{bad}:" in line for line in skipped) == 1
+    for p in (*images, text):  # nothing readable: exit 2, one line
+        if p not in (truncated, empty, text):
+            p.unlink()
+    assert main(["predict", "--checkpoint", str(tmp_path / "m.safetensors"), str(tmp_path / "photos")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "none of the 3 image files could be read" in err
+
+
+def test_predict_no_amp_is_exact_fp32_on_a_bf16_cpu(tmp_path, capsys, monkeypatch):
+    from resnet import precision
+
+    monkeypatch.setenv("RESNET_CPU_FAST", "auto")
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)  # as on a CPU with AVX512-BF16 or AMX
+    mean = torch.rand(3, 16, 16)
+    model = small_checkpoint(tmp_path / "m.safetensors", mean=mean)
+    [path] = band_images(tmp_path / "one", ["a"], 1)
+    pixels = torch.from_numpy(np.array(Image.open(path))).float().div(255).expand(3, -1, -1)
+    with torch.no_grad():
+        expected = F.softmax(model((pixels - mean)[None]), 1)[0]
+
+    def top_probabilities(*extra: str) -> list[float]:
+        assert main(["predict", "--checkpoint", str(tmp_path / "m.safetensors"), str(path), "--json", "--top", "3",
+                     *extra]) == 0
+        return [t["probability"] for t in json.loads(capsys.readouterr().out)[0]["top"]]
+
+    exact = expected.sort(descending=True).values.tolist()
+    assert top_probabilities("--no-amp") == pytest.approx(exact, abs=1e-6)
+    assert top_probabilities() != pytest.approx(exact, abs=1e-6)  # the default there is bf16 autocast
+
+
+def test_class_names_shorter_than_the_classifier_are_refused(tmp_path, capsys):
+    small_checkpoint(tmp_path / "m.safetensors", num_classes=3, meta={"class_names": ["cat", "dog"]})
+    [path] = band_images(tmp_path / "one", ["a"], 1)
+    rc = main(["predict", "--checkpoint", str(tmp_path / "m.safetensors"), str(path)])
+    captured = capsys.readouterr()
+    assert rc == 2 and captured.out == "" and captured.err.count("\n") == 1
+    assert str(tmp_path / "m.safetensors") in captured.err and "'class_names' lists 2 classes" in captured.err
+
+
+@pytest.mark.parametrize("shape", [(5,), (3, 16), (4, 16, 16), (1, 3, 16, 16)])
+def test_an_input_mean_of_the_wrong_shape_is_one_line_in_eval_and_predict(tmp_path, capsys, shape):
+    band_images(tmp_path / "train", ["c0", "c1", "c2"], 2)
+    band_images(tmp_path / "val", ["c0", "c1", "c2"], 2)
+    checkpoint_file = tmp_path / "m.safetensors"
+    small_checkpoint(checkpoint_file, mean=torch.rand(shape))
+    for argv in (["predict", str(tmp_path / "val")],
+                 ["eval", "--data", "folder", "--data-dir", str(tmp_path), "--workers", "0", "--no-progress"]):
+        rc = main([*argv, "--checkpoint", str(checkpoint_file)])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1, err
+        assert str(checkpoint_file) in err and "input mean has shape" in err

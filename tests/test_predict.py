@@ -68,15 +68,19 @@ def test_imagenet_style_with_input_std_and_text_output(tmp_path, capsys):
     assert f"{probs[best].item():7.2%}  thing {best}" in lines[1]
 
 
-def test_a_file_that_is_not_an_image_gives_a_one_line_error(tmp_path, capsys):
+def test_a_file_that_is_not_an_image_is_skipped_and_named(tmp_path, capsys):
     make_checkpoint(tmp_path / "c.safetensors", "resnet20", 32, "small", torch.zeros(3, 32, 32))
     (tmp_path / "notes.jpg").write_text("not an image at all")
     Image.new("RGB", (32, 32)).save(tmp_path / "ok.png")
     rc = main(["predict", "--checkpoint", str(tmp_path / "c.safetensors"), str(tmp_path / "ok.png"),
                str(tmp_path / "notes.jpg")])
     captured = capsys.readouterr()
-    assert rc == 2 and captured.out == ""  # every file is read before anything is printed
+    assert rc == 0 and captured.out.splitlines()[0] == str(tmp_path / "ok.png")  # the readable one is predicted
+    assert "notes.jpg" not in captured.out
     assert captured.err.count("\n") == 1 and "notes.jpg" in captured.err and "not an image" in captured.err
+    assert main(["predict", "--checkpoint", str(tmp_path / "c.safetensors"), str(tmp_path / "notes.jpg")]) == 2
+    err = capsys.readouterr().err  # nothing readable: one line, exit 2
+    assert err.count("\n") == 1 and "notes.jpg" in err and "not an image" in err
     assert main(["predict", "--checkpoint", str(tmp_path / "c.safetensors"), str(tmp_path / "gone.png")]) == 2
     assert "gone.png" in capsys.readouterr().err
 

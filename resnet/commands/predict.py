@@ -59,9 +59,9 @@ def run(args: argparse.Namespace) -> int:
     results = predict(model, args.images, args.top, args.protocol, args.device, args.batch_size, args.max_pixels,
                       amp=args.amp, skipped=skipped)
     print(strictjson.dumps(results, indent=2) if args.json else format_predictions(results))
+    for item in skipped:  # each line names the file and why (stderr: stdout stays the predictions)
+        print(f"resnet predict: skipped {item['error']}", file=sys.stderr)
     if args.out:
         write_predictions(results, args.out)
         print(f"wrote {args.out}", file=sys.stderr if args.json else sys.stdout)  # stdout stays JSON
     return 0
-    for item in skipped:  # each line names the file and why (stderr: stdout stays the predictions)
-        print(f"resnet predict: skipped {item['error']}", file=sys.stderr)

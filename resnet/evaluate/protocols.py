@@ -56,13 +56,24 @@ def fully_convolutional(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model.classify(x)
 
 
-def softmax_scores(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Class probabilities [N, K] for a normalised batch, on the device's fast path (softmax in float32)."""
-    if precision.channels_last(x.device, None):
-        x = x.contiguous(memory_format=torch.channels_last)
-    with precision.autocast(x.device, precision.amp_dtype(x.device, None)):
-        logits = fully_convolutional(model, x)
-    return F.softmax(logits.float(), dim=1)
+def softmax_scores(model: nn.Module, x: torch.Tensor, amp: bool | None = None) -> torch.Tensor:
+    """Class probabilities [N, K] for a normalised batch (softmax in float32), on the device's fast path when
+    `amp` is None; `amp=False` is exact fp32 in NCHW (`--no-amp`), whatever the CPU.
+
+    The batch goes through the network in chunks small enough for the memory there is (resnet/evaluate/memory.py),
+    so an oversized --batch-size gives the same scores instead of running out of memory."""
+    from resnet.evaluate.memory import chunks_for
+
+    fast = precision.channels_last(x.device, False if amp is False else None)
+    dtype = precision.amp_dtype(x.device, amp)
+    outputs = []
+    for part in chunks_for(x, x.device):
+        if fast:
+            part = part.contiguous(memory_format=torch.channels_last)
+        with precision.autocast(x.device, dtype):
+            logits = fully_convolutional(model, part)
+        outputs.append(F.softmax(logits.float(), dim=1))
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
 
 def default_crop(style: str) -> int:
@@ -83,11 +94,12 @@ class Protocol:
         """Default collation: views stacked into [B, V, C, H, W], labels into [B]."""
         return torch.utils.data.default_collate(batch)
 
-    def scores(self, model: nn.Module, norm: InputNorm, views, device: torch.device | str = "cpu") -> torch.Tensor:
-        """Probabilities [B, K] averaged over each image's views [B, V, C, H, W]."""
+    def scores(self, model: nn.Module, norm: InputNorm, views, device: torch.device | str = "cpu",
+               amp: bool | None = None) -> torch.Tensor:
+        """Probabilities [B, K] averaged over each image's views [B, V, C, H, W] (`amp`: see softmax_scores)."""
         b, v = views.shape[:2]
         x = norm(views.flatten(0, 1).to(device, non_blocking=True))
-        return softmax_scores(model, x).view(b, v, -1).mean(dim=1)
+        return softmax_scores(model, x, amp).view(b, v, -1).mean(dim=1)
 
 
 class Center(Protocol):
@@ -154,7 +166,8 @@ class MultiScale(Protocol):
         labels = torch.as_tensor([int(item[1]) for item in batch])
         return views, labels
 
-    def scores(self, model: nn.Module, norm: InputNorm, views, device: torch.device | str = "cpu") -> torch.Tensor:
+    def scores(self, model: nn.Module, norm: InputNorm, views, device: torch.device | str = "cpu",
+               amp: bool | None = None) -> torch.Tensor:
         """Mean probabilities over scales and flips; views of equal size go through the net as one batch."""
         groups: dict[tuple[int, ...], list[tuple[int, torch.Tensor]]] = defaultdict(list)
         for i, per_scale in enumerate(views):
@@ -167,7 +180,7 @@ class MultiScale(Protocol):
             x = norm(torch.stack([v for _, v in members]).to(device, non_blocking=True))
             if self.flip:
                 x, index = torch.cat([x, x.flip(-1)]), torch.cat([index, index])
-            probs = softmax_scores(model, x)
+            probs = softmax_scores(model, x, amp)
             if total is None:
                 total = torch.zeros(len(views), probs.shape[1], device=device)
             total.index_add_(0, index, probs)
