@@ -98,7 +98,7 @@ def write_detections(results: list[dict], out: str | Path) -> Path:
 
 def draw_detections(results: list[dict], folder: str | Path) -> list[Path]:
     """Each image with its boxes, 'class score' labels and masks, as folder/<stem>.png (atomic writes)."""
-    from torchvision.io import write_png
+    from PIL import Image
     from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
     from resnet.checkpoint import atomic_write
@@ -116,5 +116,6 @@ def draw_detections(results: list[dict], folder: str | Path) -> list[Path]:
             labels = [f"{d['class']} {d['score']:.2f}" for d in r["detections"]]
             canvas = draw_bounding_boxes(canvas, boxes, labels=labels, colors="red", width=2)
         path = folder / f"{Path(r['image']).stem}.png"
-        written.append(atomic_write(path, lambda tmp, image=canvas: write_png(image, tmp)))
+        pixels = canvas.permute(1, 2, 0).numpy()
+        written.append(atomic_write(path, lambda tmp, rgb=pixels: Image.fromarray(rgb).save(tmp, format="PNG")))
     return written
