@@ -175,3 +175,138 @@ def test_an_input_mean_of_the_wrong_shape_is_one_line_in_eval_and_predict(tmp_pa
         err = capsys.readouterr().err
         assert rc == 2 and err.count("\n") == 1, err
         assert str(checkpoint_file) in err and "input mean has shape" in err
+
+
+# ---- 3. eval of a run directory: the final weights by default, splits named as they are -------------------
+
+
+def fake_run(run: Path) -> tuple[Path, Path]:
+    """A run directory whose checkpoints/best (step 1) and checkpoints/last (step 2) hold different networks."""
+    from resnet.checkpoint import model_meta, save_training_checkpoint
+
+    files = []
+    for step, seed in ((1, 1), (2, 2)):
+        torch.manual_seed(seed)
+        net = randomize_bn(create_model("resnet20", num_classes=3, base_width=4), seed)
+        net.meta = {"classes": ["c0", "c1", "c2"], "class_names": ["c0", "c1", "c2"], "image_size": 16,
+                    "style": "small"}
+        net.input_mean = torch.full((3, 16, 16), 0.3)
+        folder = save_training_checkpoint(run / "checkpoints", step, net, model_meta(net), {"step": step},
+                                          best=step == 1)
+        files.append(folder / checkpoint.WEIGHTS)
+    (run / "config.json").write_text(json.dumps({"model": "resnet20", "data": "folder"}))
+    return files[0], files[1]
+
+
+def eval_json(capsys, *argv: str) -> tuple[dict, str]:
+    out = Path(argv[argv.index("--json") + 1])
+    assert main(["eval", "--workers", "0", "--no-progress", *argv]) == 0
+    return json.loads(out.read_text()), capsys.readouterr().out
+
+
+def test_eval_of_a_run_directory_scores_the_final_weights_unless_told(tmp_path, capsys):
+    band_images(tmp_path / "data" / "train", ["c0", "c1", "c2"], 2)
+    band_images(tmp_path / "data" / "val", ["c0", "c1", "c2"], 6, seed=3)
+    best, last = fake_run(tmp_path / "run")
+    data = ["--data", "folder", "--data-dir", str(tmp_path / "data")]
+    j = ["--json", str(tmp_path / "r.json")]
+    by_file = {}
+    for name, file in (("best", best), ("last", last)):
+        by_file[name], _ = eval_json(capsys, "--checkpoint", str(file), *data, *j)
+    assert by_file["best"]["members"][0]["loss"] != by_file["last"]["members"][0]["loss"]  # two different nets
+    default, text = eval_json(capsys, "--checkpoint", str(tmp_path / "run"), *data, *j)
+    chosen, _ = eval_json(capsys, "--checkpoint", str(tmp_path / "run"), "--which", "best", *data, *j)
+    assert default["members"][0]["loss"] == by_file["last"]["members"][0]["loss"]
+    assert chosen["members"][0]["loss"] == by_file["best"]["members"][0]["loss"]
+    assert default["members"][0]["weights"].endswith("checkpoints/last.safetensors")
+    # a folder's held-out images are val/, and they are called so (also when asked for --split test)
+    assert default["split"] == "val" and text.splitlines()[0] == "folder val (center)"
+    assert "(checkpoints/last.safetensors)" in text
+
+
+def test_eval_split_val_of_a_small_dataset_is_the_held_out_part_of_training(tiny_fashion, tmp_path, capsys):
+    from resnet.data import load_tensors
+
+    save_weights(tmp_path / "m.safetensors", create_model("resnet20", num_classes=10, in_channels=1, base_width=4),
+                 {"model": "resnet20", "options": {"num_classes": 10, "in_channels": 1, "base_width": 4},
+                  "image_size": 28, "style": "small"}, torch.zeros(1, 28, 28))
+    result, text = eval_json(capsys, "--checkpoint", str(tmp_path / "m.safetensors"), "--data", "fashion-mnist",
+                             "--data-dir", str(tiny_fashion), "--split", "val", "--json", str(tmp_path / "r.json"))
+    val = load_tensors("fashion-mnist", "val", tiny_fashion, val_split=True)[1]
+    test = load_tensors("fashion-mnist", "test", tiny_fashion)[1]
+    assert len(val) != len(test) and result["members"][0]["images"] == len(val)  # 512 / 12, not the 128 test images
+    assert text.splitlines()[0] == "fashion-mnist val (center)"
+
+
+def test_the_curves_legend_names_the_split_drawn_bold():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from resnet.train.curves import _draw
+
+    for key, split in (("val_top1_error", "val"), ("test_top1_error", "test")):
+        fig, ax = plt.subplots()
+        _draw(ax, {"net": [{"step": 1, "train_error": 0.5, key: 0.4}]}, {"net": "C0"})
+        assert ax.get_legend().get_title().get_text() == f"bold: {split}, dashed: train"
+        plt.close(fig)
+
+
+def test_a_torn_last_metrics_line_is_left_out_and_a_damaged_one_named(tmp_path):
+    from resnet.train.curves import read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2, "tra')  # a row being written by a running worker
+    assert read_metrics(path) == [{"step": 1}]
+    path.write_text('{"step": 1}\n[1, 2]\n{"step": 3}\n')
+    with pytest.raises(ValueError, match=f"{path}: line 2 is not a JSON object"):
+        read_metrics(path)
+
+
+# ---- 4. an oversized batch is scored in chunks that fit ----------------------------------------------------
+
+
+def test_an_oversized_batch_is_split_into_chunks_with_the_same_results(tmp_path, monkeypatch):
+    from resnet.evaluate import memory
+    from resnet.evaluate.protocols import Center
+    from resnet.evaluate.preprocess import InputNorm
+    from resnet.evaluate.runner import evaluate_models
+
+    model = randomize_bn(create_model("resnet20", num_classes=3, base_width=4))
+    protocol = Center("small", 16)
+    images = torch.randint(0, 256, (50, 3, 16, 16), dtype=torch.uint8)
+    dataset = [(protocol.prepare(image), i % 3) for i, image in enumerate(images)]  # views [1, C, H, W]
+    norm = InputNorm(torch.full((3, 1, 1), 0.4))
+    reference = evaluate_models([model], [norm], dataset, protocol, batch_size=7, progress=False)
+    seen = []
+    model.conv1.register_forward_pre_hook(lambda m, args: seen.append(len(args[0])))  # every forward pass
+    image_bytes = 3 * 16 * 16 * 4
+    monkeypatch.setattr(memory, "free_bytes", lambda device: memory.SHARE * 6 * image_bytes * memory.ACTIVATION_FACTOR)
+    chunked = evaluate_models([model], [norm], dataset, protocol, batch_size=4096, progress=False)
+    assert max(seen) == 6 and sum(seen) == 50  # every image once, never more than 6 at a time
+    for key in ("top1_error", "top5_error", "images"):
+        assert chunked["members"][0][key] == reference["members"][0][key]
+    assert chunked["members"][0]["loss"] == pytest.approx(reference["members"][0]["loss"], rel=1e-6)
+
+
+def test_predict_splits_an_oversized_batch_too(tmp_path, monkeypatch, capsys):
+    from resnet.evaluate import memory
+
+    small_checkpoint(tmp_path / "m.safetensors")
+    band_images(tmp_path / "photos", ["a", "b"], 5)
+    argv = ["predict", "--checkpoint", str(tmp_path / "m.safetensors"), str(tmp_path / "photos"), "--json"]
+    assert main([*argv, "--batch-size", "3"]) == 0
+    reference = json.loads(capsys.readouterr().out)
+    image_bytes = 3 * 16 * 16 * 4
+    monkeypatch.setattr(memory, "free_bytes", lambda device: memory.SHARE * 4 * image_bytes * memory.ACTIVATION_FACTOR)
+    seen = []
+    real = memory.chunks_for
+    monkeypatch.setattr(memory, "chunks_for", lambda x, device: seen.append(len(x)) or real(x, device))
+    assert main([*argv, "--batch-size", "4096"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert max(seen) == 4 and sum(seen) == 10
+    assert [r["image"] for r in got] == [r["image"] for r in reference]
+    for a, b in zip(got, reference):
+        assert [t["index"] for t in a["top"]] == [t["index"] for t in b["top"]]
+        assert [t["probability"] for t in a["top"]] == pytest.approx([t["probability"] for t in b["top"]], abs=1e-6)

@@ -4,6 +4,10 @@ Several --checkpoint options also give the ensemble's error (softmax scores aver
 center (256 resize, 224 centre crop; CIFAR-size data: the image itself), 10crop (corners and centre
 and their flips; CIFAR-size data: crops of the image padded by 4), multiscale (fully-convolutional,
 shorter side at each of --scales, and the flip; CIFAR-size default: the image's own size).
+
+A run directory is scored with its final weights (checkpoints/last); --which best scores the checkpoint that
+was selected on the held-out split. Splits are named as they are: an image folder's held-out images are its
+val/ ("val"), and a small dataset's --split val is the held-out part of its training set, not its test set.
 """
 
 from __future__ import annotations
@@ -20,7 +24,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="dataset: cifar10, cifar100, fashion-mnist, imagenet, folder, synthetic; for a detector "
                         "fashion-scenes or coco (a COCO-format folder as --data-dir)")
     p.add_argument("--data-dir", metavar="PATH", help="where the dataset lives")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to evaluate (default: test)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"],
+                   help="split to evaluate (default: test; an image folder's held-out split is its val/)")
+    p.add_argument("--which", default="last", choices=["last", "best"],
+                   help="for a run directory: its final weights (last, the default) or checkpoints/best (selected "
+                        "on the held-out split, so scoring it on that split is optimistic)")
     p.add_argument("--protocol", default="center", choices=PROTOCOLS, help="test protocol (default: center)")
     p.add_argument("--scales", type=int, nargs="+", metavar="S",
                    help=f"shorter sides for multiscale (default: {' '.join(map(str, PAPER_SCALES))}; CIFAR-size: the image size)")
@@ -53,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate_checkpoints(args.checkpoint, args.data, data_dir=args.data_dir, split=args.split,
                                   protocol=args.protocol, scales=args.scales, batch_size=args.batch_size,
                                   device=args.device, limit=args.limit, num_workers=args.workers,
-                                  progress=not args.no_progress, download=args.download)
+                                  progress=not args.no_progress, download=args.download, which=args.which)
     print(format_results(result))
     if args.json:
         atomic_write_text(args.json, strictjson.dumps(result, indent=2))

@@ -43,6 +43,7 @@ def evaluate_models(models: Sequence[nn.Module], norms: Sequence[InputNorm], dat
     layout = torch.channels_last if precision.channels_last(device, None) else torch.contiguous_format
     models = [m.to(device, memory_format=layout).eval() for m in models]
     norms = [n.to(device) for n in norms]
+    batch_size = _batch_that_fits(dataset, batch_size, device)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                          collate_fn=ReadableCollate(protocol), pin_memory=device.type == "cuda",
                                          worker_init_fn=ignore_stop_signals)
@@ -69,6 +70,26 @@ def evaluate_models(models: Sequence[nn.Module], norms: Sequence[InputNorm], dat
     return result
 
 
+def _batch_that_fits(dataset, batch_size: int, device: torch.device) -> int:
+    """`batch_size`, or fewer images per loader batch when that many prepared images (views) would not fit in
+    memory (resnet/evaluate/memory.py), said in one line; measured on the first readable item. The errors are the
+    same, as they are sums over images."""
+    import sys
+
+    from resnet.evaluate.memory import batch_that_fits, views_bytes
+
+    for index in range(min(len(dataset), 8)) if batch_size > 1 else ():
+        views = dataset[index][0]
+        if isinstance(views, Unreadable):
+            continue
+        fits = batch_that_fits(batch_size, views_bytes(views), device)
+        if fits < batch_size:
+            print(f"eval: --batch-size {batch_size} does not fit in the memory there is; reading {fits} images at "
+                  f"a time (the same results)", file=sys.stderr)
+        return fits
+    return batch_size
+
+
 def check_compatible(model: nn.Module, source: str, num_classes: int, channels: int) -> None:
     """A clear error when a checkpoint's classifier or input channels do not fit the data."""
     out = model.fc.out_features if hasattr(model, "fc") else None
@@ -79,30 +100,66 @@ def check_compatible(model: nn.Module, source: str, num_classes: int, channels: 
         raise ValueError(f"{source}: the network takes {in_channels}-channel images but the data has {channels}")
 
 
+def run_config(path: str | Path) -> dict | None:
+    """The config.json of a run directory (None for a checkpoint file or name); a damaged one is one line naming it."""
+    from resnet import strictjson
+
+    path = Path(path)
+    if not (path.is_dir() and (path / "config.json").exists()):
+        return None
+    return strictjson.read_object(path / "config.json", fix="it is written when the run starts; restore it or "
+                                  "evaluate the run's checkpoint file (checkpoints/last.safetensors) instead")
+
+
+def resolve_split(data: str, split: str, config: dict | None = None) -> tuple[str, dict]:
+    """(the split's name as it is, get_dataset options for it).
+
+    An image tree holds train/ and val/ only: its held-out images are val/ and are called "val", also when asked
+    for "test". A small dataset's "val" is the held-out part of its training set (45k/5k for CIFAR-10, by the
+    run's seed), not its test set; a run trained without that split has no val images.
+    """
+    from resnet.data.datasets import TREES, VAL_FRACTION
+
+    if data in TREES:
+        return ("val" if split == "test" else split), {}
+    if split == "val" and data in VAL_FRACTION:
+        recipe = (config or {}).get("recipe") or {}
+        if recipe.get("val_split") is False:
+            raise ValueError(f"--split val: this run trained on every {data} training image (no val split), so it "
+                             f"has no held-out val images; use --split test")
+        return "val", {"val_split": True, "seed": int(recipe.get("seed") or 0)}
+    return split, {}
+
+
 def evaluate_checkpoints(checkpoints: Sequence[str | Path], data: str, *, data_dir: str | None = None,
                          split: str = "test", protocol: str = "center", scales: Sequence[int] | None = None,
                          batch_size: int = 64, device: str = "cpu", limit: int | None = None,
                          num_workers: int | None = None, progress: bool = True, download: bool = False,
-                         data_options: dict | None = None) -> dict:
+                         data_options: dict | None = None, which: str = "last") -> dict:
     """`resnet eval`: load the checkpoints and the split, then evaluate them alone and as an ensemble.
 
-    Images get the first checkpoint's own test preprocessing (its style, image size and resize);
-    `limit` evaluates a seeded, class-balanced sample of that many images.
+    A run directory gives its final weights (`which="last"`) or `checkpoints/best` (`which="best"`: selected on
+    the held-out split, so scoring it there is optimistic). Images get the first checkpoint's own test
+    preprocessing (its style, image size and resize); `limit` evaluates a seeded, class-balanced sample of that
+    many images. The result names the split as it is (see `resolve_split`).
     """
     from resnet.data import dataset_info, get_dataset
     from resnet.data.datasets import TREES
     from resnet.data.sampling import balanced_subset
     from resnet.evaluate.protocols import checkpoint_protocol
-    from resnet.checkpoint import load_model
+    from resnet.checkpoint import load_model, weights_path
 
-    models = [load_model(path, device) for path in checkpoints]
+    if which not in ("best", "last"):
+        raise ValueError(f"invalid --which {which!r}; choose best or last")
+    split, split_options = resolve_split(data, split, run_config(checkpoints[0]))
+    models = [load_model(path, device, which) for path in checkpoints]
     options = dict(data_options or {})
     info = dataset_info(data, data_dir, download=download, **options)
     chosen = checkpoint_protocol(models[0], protocol, scales, info.style)
     if data in TREES:
         options["draft"] = chosen.min_side
     dataset = get_dataset(data, split, data_dir, transform=chosen.prepare, download=download, skip_unreadable=True,
-                          **options)
+                          **options, **split_options)
     options.pop("draft", None)
     fallback = None
     if any(getattr(m, "input_mean", None) is None for m in models):
@@ -120,12 +177,23 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], data: str, *, data_d
     result.update({"data": data, "split": split, "scales": list(getattr(chosen, "scales", ())) or None})
     for path, model, member in zip(checkpoints, models, result["members"]):
         member.update({"checkpoint": str(path), "model": model.meta.get("model")})
+        if Path(path).is_dir():  # which weights of the run were scored
+            member["weights"] = str(weights_path(path, which))
     return result
+
+
+def _member_name(member: dict, index: int) -> str:
+    """The checkpoint as given; for a run directory also which of its weights (`runs/r56 (checkpoints/last)`)."""
+    name = member.get("checkpoint", f"member {index}")
+    weights = member.get("weights")
+    if weights:
+        name += f" ({Path(weights).parent.name}/{Path(weights).name})"
+    return name
 
 
 def format_results(result: dict) -> str:
     """A fixed-width table: one row per member, then the ensemble; errors in percent."""
-    rows = [(m.get("checkpoint", f"member {i}"), m.get("model") or "", m) for i, m in enumerate(result["members"])]
+    rows = [(_member_name(m, i), m.get("model") or "", m) for i, m in enumerate(result["members"])]
     if "ensemble" in result:
         rows.append((f"ensemble of {len(result['members'])}", "", result["ensemble"]))
     header = ("checkpoint", "model", "top-1 err %", "top-5 err %", "loss", "images")
