@@ -20,21 +20,59 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 
 EXPERIMENTS = ("table6", "shortcuts", "fig7", "degradation")
 
 
+def positive_int(text: str) -> int:
+    """An integer of at least 1 (argparse type: a bad value is refused before anything is written)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number above 0")
+    return value
+
+
+def cifar_depth(text: str) -> int:
+    """A depth with a CIFAR net in the registry (6n+2: 20, 32, 44, 56, 110, 1202)."""
+    from resnet.models.registry import CIFAR_N
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value not in CIFAR_N:
+        raise argparse.ArgumentTypeError(f"no CIFAR net of depth {value}; choose from "
+                                         f"{', '.join(map(str, sorted(CIFAR_N)))}")
+    return value
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("experiment", choices=EXPERIMENTS, help="which experiment")
     p.add_argument("--data", default="cifar10", choices=["cifar10", "fashion-mnist"],
                    help="dataset (default: cifar10; the paper's numbers are for CIFAR-10)")
-    p.add_argument("--depths", type=int, nargs="+", help="depths to run (6n+2; default: the experiment's)")
-    p.add_argument("--budget", type=float, default=1.0,
+    p.add_argument("--depths", type=cifar_depth, nargs="+",
+                   help="depths to run (6n+2: 20, 32, 44, 56, 110, 1202; default: the experiment's)")
+    p.add_argument("--budget", type=positive_float, default=1.0,
                    help="fraction of the paper's 64k iterations, lr drops scaled with it (default: 1, the paper)")
-    p.add_argument("--seeds", type=int, default=1, help="runs per net; the report gives best (mean±std) (default: 1)")
-    p.add_argument("--jobs", type=int,
+    p.add_argument("--seeds", type=positive_int, default=1, help="runs per net; the report gives best (mean±std) (default: 1)")
+    p.add_argument("--jobs", type=positive_int,
                    help="runs trained at once in separate processes (default: 1 on the CPU, 4 on a GPU)")
     p.add_argument("--out", help="suite folder (default: runs/EXPERIMENT-DATA)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train (default: auto)")
@@ -54,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
                   jobs=args.jobs, out=args.out, device=args.device, data_dir=args.data_dir,
                   download=args.download, progress=args.progress, command=command)
     except Interrupted as e:
-        print("resnet reproduce: stopped; run the same command again to continue", file=sys.stderr)
+        again = f"continue with: {command}" if command else "run the same command again to continue"
+        print(f"resnet reproduce: stopped; checkpoints saved; {again}", file=sys.stderr)
         return e.exit_code
     return 0

@@ -11,6 +11,7 @@ import statistics
 from pathlib import Path
 
 from resnet.checkpoint import atomic_write_text
+from resnet.models import get_spec
 from resnet.reproduce import experiments
 from resnet.reproduce.experiments import EXPERIMENTS, PAPER_TABLE6, plan, recipe_for
 from resnet.reproduce.report import aggregate, format_table, plot_figure6, write_report
@@ -36,9 +37,11 @@ def reproduce(experiment: str, data: str = "cifar10", *, depths: tuple[int, ...]
     if data not in DATA:
         raise ValueError(f"invalid --data {data!r}; the CIFAR experiments run on: {', '.join(DATA)}")
     specs = plan(experiment, tuple(depths) if depths else None, seeds)
+    for spec in specs:  # an unknown depth is refused before suite.json or any run folder is written
+        get_spec(spec.model)
     recipe = recipe_for(experiment, budget, device)
     out = Path(out or f"runs/{experiment}-{data}")
-    jobs = jobs or default_jobs(device)
+    jobs = default_jobs(device) if jobs is None else jobs
     if jobs < 1:
         raise ValueError(f"invalid --jobs {jobs}; must be at least 1")
     check_suite(out, data, budget, recipe)

@@ -7,16 +7,16 @@ refused, so one folder never mixes runs that cannot be compared. Runs go one at 
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import dataclasses
 import json
-import multiprocessing
 import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from resnet import strictjson
 from resnet.checkpoint import atomic_write_text
 from resnet.reproduce.experiments import RunSpec, with_seed
 from resnet.train.curves import read_metrics
@@ -24,6 +24,12 @@ from resnet.train.progress import last_logged_step
 from resnet.train.recipes import Recipe
 
 RESULT = "result.json"  # written into a run directory when its run has finished
+# what summarize writes into result.json, and the report reads back
+RESULT_KEYS = ("name", "label", "model", "kind", "depth", "seed", "test_error", "best_val_test_error",
+               "train_error", "iterations", "train_seconds")
+NUMBERS = ("depth", "seed", "test_error", "best_val_test_error", "train_error", "iterations", "train_seconds")
+SUITE_FIX = ("delete it to let the next call record the suite's options again (the runs are kept; a run trained "
+             "with other options is then mixed in), or use another --out")
 PROGRESS_SECONDS = 30  # with --jobs > 1, a line on how far each running run is, this often
 
 
@@ -33,7 +39,9 @@ def check_suite(out: Path, data: str, budget: float, recipe: Recipe) -> None:
     wanted = json.loads(json.dumps({"data": data, "budget": budget, "recipe": recipe_fields}))
     path = out / "suite.json"
     if path.exists():
-        have = json.loads(path.read_text())
+        have = strictjson.read_object(path, ("data", "budget", "recipe"), fix=SUITE_FIX)
+        if not isinstance(have["recipe"], dict):
+            raise ValueError(f"{path}: its 'recipe' is a {type(have['recipe']).__name__}, not an object; {SUITE_FIX}")
         defaults = json.loads(json.dumps(dataclasses.asdict(Recipe())))  # fields added since the suite began
         have["recipe"] = {k: v for k, v in {**defaults, **have["recipe"]}.items() if k != "seed"}
         if have != wanted:
@@ -46,9 +54,16 @@ def check_suite(out: Path, data: str, budget: float, recipe: Recipe) -> None:
 
 
 def finished(run_dir: Path) -> dict | None:
-    """The run's result if it has finished."""
+    """The run's result if it has finished; a damaged result.json is one line naming it and what to do."""
     path = run_dir / RESULT
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    fix = f"delete it (rm {path}) to re-run that net: the same command then resumes it from its checkpoint"
+    result = strictjson.read_object(path, RESULT_KEYS, fix=fix)
+    bad = [k for k in NUMBERS if not isinstance(result[k], (int, float)) or isinstance(result[k], bool)]
+    if bad:
+        raise ValueError(f"{path}: {', '.join(map(repr, bad))} should be numbers; {fix}")
+    return result
 
 
 def _resumable(run_dir: Path) -> bool:
@@ -72,6 +87,18 @@ def last_epoch_train_error(rows: list[dict]) -> float:
     return sum(error * steps for error, steps in windows) / sum(steps for _, steps in windows)
 
 
+def final_row(run_dir: Path, last: dict, rows: list[dict]) -> dict:
+    """The run's final evaluation: `last` as train() returned it, or, when that has no test error (a run resumed
+    after its last step returns no new evaluation), the last row of its metrics.jsonl that has one."""
+    if "test_top1_error" in last:
+        return last
+    scored = [r for r in rows if "test_top1_error" in r]
+    if not scored:
+        raise ValueError(f"{run_dir / 'metrics.jsonl'}: no evaluation with a test error to summarise the run by; "
+                         f"delete {run_dir} to train that net again")
+    return max(scored, key=lambda r: r["step"])
+
+
 def summarize(run_dir: Path, spec: RunSpec, last: dict) -> dict:
     """The numbers the report needs, from the last evaluation and metrics.jsonl.
 
@@ -80,6 +107,7 @@ def summarize(run_dir: Path, spec: RunSpec, last: dict) -> dict:
     `train_error` is over the last epoch's batches (`last_epoch_train_error`).
     """
     rows = read_metrics(run_dir / "metrics.jsonl")
+    last = final_row(run_dir, last, rows)
     validated = [r for r in rows if "val_top1_error" in r]  # never select on the test set
     selected = min(validated, key=lambda r: r["val_top1_error"]) if validated else last
     return {"name": spec.name, "label": spec.label, "model": spec.model, "kind": spec.kind, "depth": spec.depth,
@@ -148,27 +176,54 @@ def run_all(specs: list[RunSpec], recipe: Recipe, out: Path, data: str, *, data_
 
 
 def _run_parallel(todo, recipe, out, data, data_dir, download, jobs, on_result, say, total) -> list[dict]:
-    """Runs in `jobs` worker processes, each with its share of the CPU threads."""
+    """Runs in `jobs` worker processes (resnet/reproduce/workers.py), each with its share of the CPU threads.
+
+    SIGINT/SIGTERM are forwarded to the workers, which save a checkpoint and stop; then this raises Interrupted
+    (exit 128 + signal). A run that fails stops the others the same way, then its error is raised here.
+    """
+    from resnet.reproduce import workers
+    from resnet.train.loop import Interrupted
+
     threads = max(1, usable_cpus() // jobs)
-    results = []
-    context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
-    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        futures = {pool.submit(run_one, spec, recipe, out, data, data_dir, download, False, True, threads): spec
-                   for spec in todo}
-        pending = set(futures)
-        while pending:
-            done, pending = concurrent.futures.wait(pending, timeout=PROGRESS_SECONDS,
-                                                    return_when=concurrent.futures.FIRST_COMPLETED)
-            running = [futures[f].name for f in futures if f in pending and f.running()][:jobs]  # in order given
-            if not done and running:  # the workers' output goes to their logs: say here how far they are
-                waiting = len(pending) - len(running)
-                say("  " + ", ".join(_where(out / name, recipe.iters) for name in running)
-                    + (f"; {waiting} waiting" if waiting else ""))
-            for future in done:
-                result = future.result()
-                results.append(result)
-                say(f"[{len(results)}/{len(todo)} of this call, {total} in all] {_line(result)}")
-                on_result(result)
+    queue, running, results, failures, stopped = list(todo), [], [], [], []
+    last_progress = time.monotonic()
+    with workers.Forwarder(lambda: running) as stop:
+        try:
+            while queue or running:
+                while queue and len(running) < jobs and not (stop.signum or failures or stopped):
+                    spec = queue.pop(0)
+                    running.append(workers.start(spec.name, (spec, recipe, out, data, data_dir, download, False,
+                                                             True, threads)))
+                time.sleep(workers.POLL)
+                for worker in [w for w in running if w.process.poll() is not None]:
+                    running.remove(worker)
+                    answer = worker.answer()
+                    if "result" in answer:
+                        results.append(answer["result"])
+                        say(f"[{len(results)}/{len(todo)} of this call, {total} in all] {_line(answer['result'])}")
+                        on_result(answer["result"])
+                    elif "interrupted" in answer and not stop.signum:  # a signal to that worker alone
+                        stopped.append((worker.name, answer["interrupted"]))
+                    elif "error" in answer and not failures:
+                        failures.append(answer)
+                        say(f"{worker.name} failed; stopping the other runs (each saves a checkpoint)")
+                        for other in running:
+                            workers.send(other, signal.SIGINT)
+                workers.escalate(running, stop.signum or (signal.SIGINT if failures or stopped else 0))
+                if running and not stop.signum and time.monotonic() - last_progress >= PROGRESS_SECONDS:
+                    last_progress = time.monotonic()  # the workers' output goes to their logs: say how far they are
+                    say("  " + ", ".join(_where(out / w.name, recipe.iters) for w in running)
+                        + (f"; {len(queue)} waiting" if queue else ""))
+        except BaseException:
+            workers.reap(running)
+            raise
+    if failures:
+        error = failures[0]
+        raise (ValueError if error.get("expected") else RuntimeError)(error["error"])
+    if stop.signum or stopped:
+        signum = stop.signum or stopped[0][1] - 128
+        who = "every run" if stop.signum else f"{stopped[0][0]} was stopped by a signal; each run"
+        raise Interrupted(signum, f"{who} saved a checkpoint; run the same command again to continue")
     return results
 
 
