@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from resnet.data import small
@@ -23,13 +23,33 @@ class DataUnavailable(FileNotFoundError):
     """No way to get the dataset worked; the message says what to do."""
 
 
-def _present(data_dir: str | Path | None, debian_dir: Path) -> Path | None:
-    """The folder with the four IDX files, if any of the usual places has them."""
+def _present(data_dir: str | Path | None, debian_dir: Path, say: Callable[[str], None] = print) -> Path | None:
+    """The folder with the four published IDX files, if any of the usual places has them (size and md5 checked).
+
+    A copy that is not the published one is skipped and said so; its damaged files (empty, truncated, corrupt)
+    are renamed NAME.damaged, so that they no longer shadow an intact copy (Debian's) and a download can replace
+    them; readable files with other data are left as they are. Debian's own folder is never changed.
+    """
     folders = small.fashion_mnist_candidates(data_dir)
     if data_dir is None:
         folders = [f for f in folders if not f.is_relative_to(small.DEBIAN_FASHION_MNIST)]
         folders += [debian_dir, debian_dir / "raw"]
-    return next((f for f in folders if small._fashion_complete(f)), None)
+    for folder in folders:
+        if not small._fashion_complete(folder):
+            continue
+        files = [small._idx_file(folder, stem) for pair in small.FASHION_FILES.values() for stem in pair]
+        problems = [(path, found) for path in files if (found := small.fashion_mismatch(path)) is not None]
+        if not problems:
+            return folder
+        ours = not folder.is_relative_to(debian_dir)
+        for path, (kind, why) in problems:
+            if kind == "damaged" and ours:
+                path.rename(path.with_name(path.name + ".damaged"))
+                why += f"; moved aside to {path.name}.damaged"
+            say(f"fashion-mnist: skipping {folder}: {why}")
+        if not ours:
+            say(f"fashion-mnist: reinstall Debian's copy with `sudo apt-get install --reinstall {DEBIAN_PACKAGE}`")
+    return None
 
 
 def install_debian_package(apt_get: str = "apt-get") -> str | None:
@@ -64,16 +84,21 @@ def download_fashion_mnist(target: Path, mirrors: Sequence[str] | None = None,
 def ensure_fashion_mnist(data_dir: str | Path | None = None, *, apt: bool = True, download: bool = True,
                          apt_get: str = "apt-get", debian_dir: Path | None = None,
                          mirrors: Sequence[str] | None = None,
-                         resources: Sequence[tuple[str, str]] | None = None) -> tuple[Path, str]:
-    """(folder with the IDX files, how it was found: 'present', 'debian' or 'download'), or DataUnavailable."""
+                         resources: Sequence[tuple[str, str]] | None = None,
+                         say: Callable[[str], None] = print) -> tuple[Path, str]:
+    """(folder with the IDX files, how it was found: 'present', 'debian' or 'download'), or DataUnavailable.
+
+    A copy counts as present only if every file is the published one (`_present`); `say` gets a line for each
+    copy skipped and why.
+    """
     debian_dir = debian_dir or small.DEBIAN_FASHION_MNIST
-    found = _present(data_dir, debian_dir)
+    found = _present(data_dir, debian_dir, say)
     if found is not None:
         return found, "present"
     reasons = []
     if apt and data_dir is None:
         why = install_debian_package(apt_get)
-        found = _present(None, debian_dir) if why is None else None
+        found = _present(None, debian_dir, say) if why is None else None
         if found is not None:
             return found, "debian"
         reasons.append(f"Debian package: {why or f'installed, but no IDX files in {debian_dir}'}")

@@ -8,11 +8,13 @@ only ever build dicts, lists, strings and numpy arrays, never run code.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import os
 import pickle
 import struct
 import urllib.error
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -172,17 +174,102 @@ def _fashion_complete(folder: Path) -> bool:
     return all(_idx_file(folder, stem) for pair in FASHION_FILES.values() for stem in pair)
 
 
+# The published files: the md5 of the .gz from torchvision's mirrors and of Debian's copy (the same data
+# recompressed with gzip -n), and the size and md5 of the IDX data inside, which every intact copy holds.
+FASHION_PUBLISHED = {
+    "train-images-idx3-ubyte": ({"8d4fb7e6c68d591d4c3dfef9ec88bf0d", "cf8536b0aa1a6ac5fa3f23001093305c"},
+                                47_040_016, "f4a8712d7a061bf5bd6d2ca38dc4d50a"),
+    "train-labels-idx1-ubyte": ({"25c81989df183df01b3e8a0aad5dffbe", "10bea18fdb374794d4bb42e356e600c9"},
+                                60_008, "9018921c3c673c538a1fc5bad174d6f9"),
+    "t10k-images-idx3-ubyte": ({"bef4ecab320f06d8554ea6380940ec79", "f78720b4224f21cce2f2ccf2d7a94c9a"},
+                               7_840_016, "8181f5470baa50b63fa0f6fddb340f0a"),
+    "t10k-labels-idx1-ubyte": ({"bb300cfdad3c16e7a12a480ee83cd310", "0d30e22e447f3c33dab9ed536400ac01"},
+                               10_008, "15d484375f8d13e6eb1aabb0c3f46965"),
+}
+
+
+def _idx_length(header: bytes) -> int | None:
+    """The byte length an IDX file of unsigned bytes declares in its header, or None if it is not one."""
+    if len(header) < 4 or header[:2] != b"\0\0" or header[2] != 0x08 or len(header) < 4 + 4 * header[3]:
+        return None
+    shape = struct.unpack(f">{header[3]}I", header[4:4 + 4 * header[3]])
+    return 4 + 4 * header[3] + int(np.prod(shape))
+
+
+def idx_damage(path: Path) -> str | None:
+    """Why an IDX file (gzipped or raw) is damaged, from its header and size alone (cheap enough for every start),
+    or None: empty, not gzip, not IDX, or truncated (a .gz's trailer records the length of the data it holds).
+    Damage inside the data (a flipped bit) shows only when it is read (gzip's CRC): see `fashion_mismatch`."""
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return f"{path.name} is empty"
+        if path.suffix != ".gz":
+            with open(path, "rb") as f:
+                expected = _idx_length(f.read(4 + 4 * 255))
+            return None if expected == size else f"{path.name} is not an IDX file of its declared size"
+        with gzip.open(path, "rb") as f:
+            expected = _idx_length(f.read(4 + 4 * 4))
+        with open(path, "rb") as f:
+            f.seek(-4, os.SEEK_END)
+            recorded = struct.unpack("<I", f.read(4))[0]  # gzip's ISIZE: the data's length mod 2^32
+    except (OSError, EOFError, struct.error) as error:
+        return f"{path.name} cannot be read as gzip ({str(error).splitlines()[0] or type(error).__name__})"
+    if expected is None:
+        return f"{path.name} is not an IDX file"
+    return None if recorded == expected % 2**32 else f"{path.name} is truncated"
+
+
+def fashion_mismatch(path: Path) -> tuple[str, str] | None:
+    """(kind, why) when `path` is not the published Fashion-MNIST file of its name, else None: kind "damaged" (it
+    cannot be read whole: empty, truncated, corrupt) or "different" (a readable IDX file, but other data). Checks
+    the .gz's md5 first, then the size and md5 of the data inside (so any gzip recompression passes)."""
+    stem = path.name.removesuffix(".gz")
+    gz_md5s, size, md5 = FASHION_PUBLISHED[stem]
+    damage = idx_damage(path)
+    if damage:
+        return "damaged", damage
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        if hashlib.md5(raw).hexdigest() in gz_md5s:
+            return None
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as error:
+            return "damaged", f"{path.name} is corrupt ({str(error).splitlines()[0]})"
+    if len(raw) != size:
+        return "different", f"{path.name} holds {len(raw):,} bytes of data, the published file {size:,}"
+    if hashlib.md5(raw).hexdigest() != md5:
+        return "different", f"{path.name}'s md5 is not the published file's"
+    return None
+
+
 def fashion_mnist_candidates(data_dir: str | Path | None) -> list[Path]:
     """Folders that may hold the IDX files: data_dir (or $RESNET_DATA / ~/.cache/resnet) then Debian's package."""
     bases = [Path(data_dir).expanduser()] if data_dir is not None else [data_home() / "fashion-mnist", DEBIAN_FASHION_MNIST]
     return [folder for base in bases for folder in (base, base / "FashionMNIST" / "raw", base / "raw")]
 
 
+def fashion_damage(folder: Path) -> list[str]:
+    """Why the IDX files in `folder` are damaged (cheap checks, `idx_damage`); empty when they look intact."""
+    files = [_idx_file(folder, stem) for pair in FASHION_FILES.values() for stem in pair]
+    return [why for why in (idx_damage(f) for f in files if f is not None) if why]
+
+
 def fashion_mnist_root(data_dir: str | Path | None, download: bool) -> Path:
-    """The folder holding the four Fashion-MNIST IDX files (gz or raw); downloaded through torchvision if allowed."""
-    for folder in fashion_mnist_candidates(data_dir):
-        if _fashion_complete(folder):
+    """The folder holding the four Fashion-MNIST IDX files (gz or raw); downloaded through torchvision if allowed.
+
+    In the default places a damaged copy (empty, truncated, not gzip) in $RESNET_DATA or ~/.cache/resnet does not
+    shadow an intact one after it (Debian's): it is skipped with a warning naming it (`resnet data fashion-mnist`
+    moves it aside). A --data-dir is used as it is: its reader names a damaged file.
+    """
+    complete = [folder for folder in fashion_mnist_candidates(data_dir) if _fashion_complete(folder)]
+    for i, folder in enumerate(complete):
+        damage = fashion_damage(folder) if data_dir is None and i < len(complete) - 1 else []
+        if not damage:
             return folder
+        warnings.warn(f"fashion-mnist: skipping the damaged copy in {folder} ({'; '.join(damage)}); using "
+                      f"{complete[i + 1]} (`resnet data fashion-mnist` moves the damaged files aside)", stacklevel=2)
     base = Path(data_dir).expanduser() if data_dir is not None else data_home() / "fashion-mnist"
     if download:
         _download("Fashion-MNIST", base, lambda: FashionMNIST(str(base), download=True))
