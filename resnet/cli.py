@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import re
 import sys
 import traceback
 
@@ -61,6 +63,51 @@ def one_line(error: BaseException) -> str:
     return text or type(error).__name__
 
 
+def rank() -> int:
+    """This process's rank under torchrun ($RANK), 0 otherwise."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def world_size() -> int:
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+# what Gloo (and NCCL, through torch.distributed's DistError types) say when another process of the group is gone
+LOST_PEER = re.compile(r"connection (reset|closed) by peer|broken pipe|read error|socket timeout|"
+                       r"connection refused|NCCL communicator was aborted|remote process exited", re.IGNORECASE)
+
+
+OUT_OF_MEMORY = re.compile(r"can't allocate memory|not enough memory", re.IGNORECASE)
+
+
+def lost_peer(error: BaseException) -> bool:
+    """Whether `error` is torch.distributed's report that another rank died (a killed or crashed process)."""
+    if world_size() < 2 or not isinstance(error, RuntimeError):
+        return False
+    import torch.distributed as dist
+
+    return isinstance(error, getattr(dist, "DistError", ())) or bool(LOST_PEER.search(str(error)))
+
+
+def lost_peer_line(args: argparse.Namespace, error: BaseException) -> str:
+    """One line for a survivor: which rank was lost (with two processes, the other one), what Gloo/NCCL said, and
+    that the last checkpoint on disk is kept (checkpoints are written by rank 0, atomically)."""
+    size, me = world_size(), rank()
+    lost = f"rank {1 - me} of 2" if size == 2 else f"another of the {size} ranks"
+    said = " ".join(str(error).split())
+    said = re.sub(r"^\[[^\]]*\]\s*", "", said).split(". ")[0][:160]  # its first sentence, no C++ source location
+    run = getattr(args, "resume", None) or getattr(args, "out", None)
+    resume = f"resnet {args.command} --resume {run}" if run else f"resnet {args.command} --resume RUN_DIR"
+    return (f"resnet {args.command}: error: lost {lost} (torch.distributed: {said}); this rank stopped too; the "
+            f"last checkpoint is kept: continue with torchrun ... {resume}")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
@@ -70,13 +117,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"resnet {args.command}: interrupted", file=sys.stderr)
         return getattr(e, "exit_code", 130)
     except expected_failures() as e:
-        print(f"resnet {args.command}: error: {one_line(e)}", file=sys.stderr)
+        if rank() == 0:  # under torchrun every rank meets the same bad input: say it once
+            print(f"resnet {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
+    except MemoryError:
+        print(f"resnet {args.command}: error: out of memory; use a smaller --batch-size (or fewer --workers), or "
+              f"free memory", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        if OUT_OF_MEMORY.search(str(e)):  # torch's CPU allocator
+            print(f"resnet {args.command}: error: out of memory ({one_line(e)[:200]}); use a smaller --batch-size, "
+                  f"or free memory", file=sys.stderr)
+            return 2
+        if not lost_peer(e):
+            return _internal_error(args)
+        print(lost_peer_line(args, e), file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(2)  # not through interpreter teardown: destroying a broken Gloo group aborts the process
     except Exception:  # noqa: BLE001 - anything else is a bug in resnet: show where, ask for a report
-        traceback.print_exc()
-        print(f"resnet {args.command}: internal error (a bug in resnet); please report it with the command line "
-              f"and the traceback above", file=sys.stderr)
-        return 1
+        return _internal_error(args)
+
+
+def _internal_error(args: argparse.Namespace) -> int:
+    """A bug in resnet: its traceback and a request for a report; exit status 1."""
+    traceback.print_exc()
+    print(f"resnet {args.command}: internal error (a bug in resnet); please report it with the command line "
+          f"and the traceback above", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

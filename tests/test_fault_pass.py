@@ -310,3 +310,77 @@ def test_predict_splits_an_oversized_batch_too(tmp_path, monkeypatch, capsys):
     for a, b in zip(got, reference):
         assert [t["index"] for t in a["top"]] == [t["index"] for t in b["top"]]
         assert [t["probability"] for t in a["top"]] == pytest.approx([t["probability"] for t in b["top"]], abs=1e-6)
+
+
+# ---- 7. under torchrun: an expected error once, a lost rank in one line --------------------------------------
+
+
+def test_under_torchrun_an_expected_error_is_printed_by_rank_0_only(tmp_path, capsys, monkeypatch):
+    argv = ["eval", "--checkpoint", str(tmp_path / "missing.safetensors"), "--data", "synthetic"]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    lines = {}
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        assert main(argv) == 2
+        lines[rank] = capsys.readouterr().err.strip().splitlines()
+    assert len(lines["0"]) == 1 and "missing.safetensors" in lines["0"][0] and lines["1"] == []
+
+
+def test_a_lost_rank_is_one_line_naming_it(tmp_path, capsys, monkeypatch):
+    import resnet.cli as cli
+    import resnet.commands.summary as summary
+
+    gloo = ("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:36049: Connection "
+            "reset by peer. This is typically caused by a remote worker hanging or bugs in the application.")
+
+    def fail(args):
+        raise RuntimeError(gloo)
+
+    monkeypatch.setattr(summary, "run", fail)
+    monkeypatch.setattr(cli.os, "_exit", lambda code: (_ for _ in ()).throw(SystemExit(code)))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(SystemExit) as exit_:
+        main(["summary", "resnet20"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "lost rank 1 of 2" in err and "Connection reset by peer" in err and "checkpoint is kept" in err
+    monkeypatch.setenv("WORLD_SIZE", "1")  # one process: the same error is a bug, with its traceback
+    assert main(["summary", "resnet20"]) == 1
+    assert "internal error" in capsys.readouterr().err
+
+
+def test_killing_one_torchrun_rank_gives_the_survivor_one_line_and_keeps_the_checkpoint(tiny_fashion, tmp_path):
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    run = tmp_path / "run"
+    proc = subprocess.Popen([torchrun, "--nproc-per-node", "2", "-m", "resnet", "train", "--model", "resnet20",
+                             "--data", "fashion-mnist", "--data-dir", str(tiny_fashion), "--iters", "5000",
+                             "--batch-size", "32", "--base-width", "4", "--no-val-split", "--eval-every", "10",
+                             "--device", "cpu", "--no-progress", "--out", str(run)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 150
+    while not (run / "checkpoints" / "last").is_symlink():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-3000:]
+        time.sleep(0.5)
+    rank1 = []
+    for pid in os.listdir("/proc"):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if b"RANK=1" in environ and str(run).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+            rank1.append(int(pid))
+    assert len(rank1) == 1
+    os.kill(rank1[0], signal.SIGKILL)
+    out, _ = proc.communicate(timeout=120)
+    ours = [line for line in out.splitlines() if line.startswith("resnet train:")]
+    assert len(ours) == 1 and "lost rank 1 of 2" in ours[0] and f"--resume {run}" in ours[0], out[-3000:]
+    assert "internal error" not in out
+    checkpoint.last_checkpoint(run / "checkpoints")  # kept and consistent
