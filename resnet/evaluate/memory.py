@@ -84,19 +84,26 @@ def images_per_pass(image_bytes: int, device: torch.device | str) -> int:
     return max(1, budget // max(1, image_bytes * ACTIVATION_FACTOR))
 
 
+def input_bytes(image: torch.Tensor) -> int:
+    """The fp32 bytes of one image [C, H, W] as the estimate counts them: a 1-channel (grey) image as 3 channels,
+    since the first convolution's output is as wide as for colour images."""
+    channels = image.shape[0] if image.dim() == 3 else 3
+    return image.numel() * 4 * max(1, 3 // max(1, channels))
+
+
 def chunks_for(x: torch.Tensor, device: torch.device | str) -> Sequence[torch.Tensor]:
     """The batch `x` [N, C, H, W] as consecutive chunks that each fit one forward pass (one chunk when it fits)."""
     if len(x) <= 1:
         return (x,)
-    n = images_per_pass(x[0].numel() * 4, device)
+    n = images_per_pass(input_bytes(x[0]), device)
     return (x,) if len(x) <= n else x.split(n)
 
 
 def views_bytes(views) -> int:
-    """The fp32 bytes of one image's prepared views (a tensor or a list of tensors)."""
+    """The bytes one image's prepared views (a tensor [V, C, H, W] or a list of [C, H, W]) count for (`input_bytes`)."""
     if isinstance(views, torch.Tensor):
-        return views.numel() * 4
-    return sum(v.numel() * 4 for v in views)
+        views = list(views) if views.dim() == 4 else [views]
+    return sum(input_bytes(v) for v in views)
 
 
 def batch_that_fits(batch_size: int, image_bytes: int, device: torch.device | str) -> int:
