@@ -3,9 +3,12 @@
 Examples:
   resnet train --model resnet20 --data cifar10 --recipe paper-cifar --out runs/r20
   resnet train --model resnet20 --data fashion-mnist --epochs 3 --subset 5000
+  resnet train --model resnet20 --data fashion-mnist --recipe fast               # 94% in about 10 CPU minutes
   resnet train --model resnet20 --data folder --data-dir my-images      # small images: CIFAR protocol, native size
   resnet train --resume runs/r20
   resnet train --model resnet50 --init torchvision-v2 --data folder --data-dir DIR --recipe finetune --freeze 1
+  resnet train --model resnet50 --data coco --data-dir ~/coco --head fpn --backbone-weights torchvision-v2
+  resnet train --model resnet20 --data fashion-scenes --recipe detection-cpu --head c4     # detection (Appendix A)
   torchrun --nproc_per_node=4 -m resnet train --model resnet50 --data imagenet --data-dir /data/imagenet --recipe paper-imagenet
 """
 
@@ -26,7 +29,8 @@ FIELD_HELP = {
     "iters": "total iterations (folder/imagenet data: epochs unless given)",
     "epochs": "total epochs (instead of --iters; folder/imagenet data default: the recipe's length in epochs of "
               "the paper's data, 182 for paper-cifar, 120 for paper-imagenet)",
-    "schedule": "step: lr/10 at --lr-drops; plateau: lr/10 when validation error stalls; cosine: to 0",
+    "schedule": "step: lr/10 at --lr-drops; plateau: lr/10 when validation error stalls; cosine: to 0; "
+                "onecycle: linear to 0 after the --warmup-fraction ramp",
     "lr_drops": "fractions of training where lr is divided by 10",
     "plateau_patience": "evaluations without improvement before lr/10 (plateau schedule)",
     "warmup": "lr --warmup-lr until training error < --warmup-error (auto: ResNet-110 and deeper, as the paper)",
@@ -47,6 +51,14 @@ FIELD_HELP = {
              "native size: pad 4, random crop, flip) or imagenet (scale augmentation, 224 crops)",
     "image_size": "folder/imagenet data: the network's input side (auto: the images' size, or 224)",
     "warmup_fraction": "linear lr warm-up over this fraction of training",
+    "nesterov": "Nesterov momentum", "label_smoothing": "cross-entropy against one-hot targets smoothed by this",
+    "mixup_alpha": "mixup on the batch with Beta(alpha, alpha) (0: off)",
+    "cutmix_alpha": "cutmix on the batch with Beta(alpha, alpha) (0: off; with mixup on, one of the two per batch)",
+    "mix_prob": "fraction of batches mixed by mixup/cutmix",
+    "random_erasing": "probability that an image gets a random rectangle erased (to the mean)",
+    "ema_decay": "keep an EMA of the weights with this decay; the EMA is evaluated and saved (0: off)",
+    "tta": "test-time augmentation in the evaluations: none, or flip (mean of the image's and its flip's softmax)",
+    "tensorboard": "also write TensorBoard event files into RUN_DIR/tensorboard (needs the tensorboard package)",
     "decay_bn_bias": "weight decay on BN parameters and biases too", "freeze": "keep the stem and the first N "
     "stages fixed, BN included (fine-tuning)", "head_lr_mult": "the classifier's lr is --lr times this",
 }
@@ -89,10 +101,12 @@ def add_recipe_overrides(p: argparse.ArgumentParser) -> None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="network name (see `resnet summary`)")
-    p.add_argument("--data", help="dataset: cifar10, cifar100, fashion-mnist, imagenet, folder, synthetic")
+    p.add_argument("--data", help="dataset: cifar10, cifar100, fashion-mnist, imagenet, folder, synthetic; "
+                                  "detection: fashion-scenes, coco (COCO-format folder in --data-dir)")
     p.add_argument("--data-dir", help="dataset folder (default: the usual places for the dataset)")
     p.add_argument("--download", action="store_true", help="download the dataset if it is missing")
-    p.add_argument("--recipe", default="paper-cifar", choices=list(RECIPES), help="hyperparameters (default: paper-cifar)")
+    p.add_argument("--recipe", choices=list(RECIPES),
+                   help="hyperparameters (default: paper-cifar; detection data: detection, torchvision's)")
     p.add_argument("--out", help="run directory (default: runs/MODEL-DATA-TIME); must not hold another run")
     p.add_argument("--overwrite", action="store_true", help="replace the run that --out holds")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run where it stopped (in RUN_DIR)")
@@ -103,24 +117,43 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: when stderr is a terminal)")
     add_model_options(p)
+    detection = p.add_argument_group("detection (with --data fashion-scenes or coco; see resnet/detection)")
+    detection.add_argument("--head", choices=["c4", "fpn"], default="c4",
+                           help="c4: the paper's (conv5_x per RoI); fpn: a feature pyramid (default: c4)")
+    detection.add_argument("--masks", action="store_true", help="Mask R-CNN: instance masks too")
+    detection.add_argument("--backbone-weights", metavar="NAME_OR_PATH",
+                           help="classification weights for the backbone (our run or checkpoint, a `resnet weights` "
+                                "name, a torchvision/timm file); BN is then frozen")
+    detection.add_argument("--trainable-stages", type=int, metavar="N",
+                           help="with --backbone-weights: how many of the last stages train (default: all but one)")
     add_recipe_overrides(p)
+
+
+DETECTION_DATA = ("fashion-scenes", "coco")
+
+
+def default_recipe(args: argparse.Namespace) -> str:
+    return args.recipe or ("detection" if getattr(args, "data", None) in DETECTION_DATA else "paper-cifar")
 
 
 def defaults_for_data(args: argparse.Namespace) -> tuple[dict, list[str]]:
     """Overrides that fit the data when not given (lr scaled with the batch; length in epochs for image
     folders) and one line saying each."""
-    base, overrides, notes = RECIPES[args.recipe], {}, []
+    name = default_recipe(args)
+    base, overrides, notes = RECIPES[name], {}, []
     batch = getattr(args, "batch_size", None)
     if batch is not None and args.lr is None and batch != base.batch_size:
-        overrides = scaled_lr(args.recipe, batch)
+        overrides = scaled_lr(name, batch)
         if args.warmup_lr is not None:
             del overrides["warmup_lr"]
-        notes.append(f"lr {overrides['lr']:g}: {args.recipe}'s {base.lr:g} at batch {base.batch_size} scaled linearly "
+        notes.append(f"lr {overrides['lr']:g}: {name}'s {base.lr:g} at batch {base.batch_size} scaled linearly "
                      f"to batch {batch} (--lr to set it)")
-    if getattr(args, "data", None) in ("folder", "imagenet") and args.iters is None and args.epochs is None:
-        overrides["epochs"] = paper_epochs(args.recipe)
-        notes.append(f"length: {overrides['epochs']} epochs, {args.recipe}'s {base.iters:,} iterations at batch "
-                     f"{base.batch_size} over the paper's {PAPER_TRAIN_IMAGES[args.recipe]:,} images "
+    in_epochs = base.epochs is not None or name not in PAPER_TRAIN_IMAGES  # finetune, fast: their own length
+    if getattr(args, "data", None) in ("folder", "imagenet") and args.iters is None and args.epochs is None \
+            and not in_epochs:
+        overrides["epochs"] = paper_epochs(name)
+        notes.append(f"length: {overrides['epochs']} epochs, {name}'s {base.iters:,} iterations at batch "
+                     f"{base.batch_size} over the paper's {PAPER_TRAIN_IMAGES[name]:,} images "
                      f"(--epochs or --iters to set it)")
     return overrides, notes
 
@@ -132,7 +165,7 @@ def recipe_and_notes(args: argparse.Namespace) -> tuple[Recipe, list[str]]:
         overrides["lr_drops"] = tuple(overrides["lr_drops"])
     fitted, notes = defaults_for_data(args)
     overrides.update(fitted)
-    return get_recipe(args.recipe, **overrides), notes
+    return get_recipe(default_recipe(args), **overrides), notes
 
 
 def recipe_from_args(args: argparse.Namespace) -> Recipe:
@@ -158,13 +191,32 @@ def run(args: argparse.Namespace) -> int:
         for note in notes:
             print(note)
     try:
-        train(args.model, args.data, recipe=recipe, out=args.out,
-              data_dir=args.data_dir, resume=args.resume, model_options=model_options(args),
-              download=args.download, progress=args.progress, overwrite=args.overwrite,
-              init=None if args.resume else args.init)
+        if is_detection(args):
+            from resnet.detection.train import train_detector
+
+            train_detector(args.model, args.data, head=args.head, masks=args.masks,
+                           trainable_stages=args.trainable_stages, backbone_weights=args.backbone_weights,
+                           recipe=recipe, out=args.out, data_dir=args.data_dir, resume=args.resume,
+                           model_options=model_options(args), progress=args.progress, overwrite=args.overwrite)
+        else:
+            train(args.model, args.data, recipe=recipe, out=args.out,
+                  data_dir=args.data_dir, resume=args.resume, model_options=model_options(args),
+                  download=args.download, progress=args.progress, overwrite=args.overwrite,
+                  init=None if args.resume else args.init)
     except Interrupted as e:
         return e.exit_code
     except TrainingDiverged as e:
         print(f"resnet train: error: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def is_detection(args: argparse.Namespace) -> bool:
+    """A detection run: detection data, or a resumed run whose config.json says so."""
+    if args.resume:
+        from pathlib import Path
+
+        from resnet.train.loop import read_config
+
+        return read_config(Path(args.resume), args.out)[1].get("task") == "detection"
+    return args.data in DETECTION_DATA

@@ -245,8 +245,11 @@ class Trainer:
     def postfix(self) -> dict:
         """The progress bar's numbers (read from the device only when shown)."""
         loss_sum, wrong, n = self.last_stats.tolist()
-        return {"loss": loss_sum / n, "err%": 100 * wrong / n, "lr": self.last_lr,
-                "img/s": n * self.dist.world_size / max(self.bar.step_time(), 1e-9)}
+        fields = self.task.window_row(loss_sum, wrong, n)
+        shown = {"loss": fields["train_loss"]}
+        if "train_error" in fields:
+            shown["err%"] = 100 * fields["train_error"]
+        return {**shown, "lr": self.last_lr, "img/s": n * self.dist.world_size / max(self.bar.step_time(), 1e-9)}
 
     # ------------------------------------------------------------------------- evaluation and checkpoints
 
@@ -330,8 +333,7 @@ class Trainer:
 
     def finish(self, row: dict) -> dict:
         self.bar.close()
-        errors = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k.endswith("error"))
-        self.say(f"done: {self.state.step} iterations, final {errors}")
+        self.say(f"done: {self.state.step} iterations, final: {'  '.join(self.task.row_summary(row))}")
         self.close()
         distributed.teardown()
         return row

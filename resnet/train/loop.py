@@ -39,6 +39,9 @@ def train(model: str | None = None, data: str | None = None, *, recipe: Recipe |
     """
     if resume is not None:  # a model, data or data_dir given with it are checked against the checkpoint
         run_dir, config = read_config(Path(resume), out)
+        if config.get("task", "classification") != "classification":
+            raise ValueError(f"{run_dir} is a {config['task']} run: resume it with `resnet train --resume {run_dir}` "
+                             f"(or resnet.detection.train_detector(resume=...))")
         config.update(model=model or config["model"], data=data or config["data"],
                       data_dir=data_dir or config.get("data_dir"))
     else:
@@ -52,6 +55,19 @@ def train(model: str | None = None, data: str | None = None, *, recipe: Recipe |
         check_finite(pretrained.state, pretrained.source)
         config["init"]["weights"] = config["init"]["weights"] or pretrained.source
 
+    def make_task(recipe: Recipe) -> ClassificationTask:
+        return ClassificationTask(config["model"], config["data"], config.get("data_dir"), recipe,
+                                  config["model_options"], download=download, pretrained=pretrained,
+                                  init_notes=init_notes, from_init=bool(config.get("init")))
+
+    return run(make_task, config, run_dir, recipe, fresh=resume is None, restore=restore, progress=progress,
+               stop_after=stop_after, overwrite=overwrite)
+
+
+def run(make_task, config: dict, run_dir: Path, recipe: Recipe, *, fresh: bool, restore: bool,
+        progress: bool | None = None, stop_after: int | None = None, overwrite: bool = False) -> dict:
+    """Any task's run: devices and processes, the run directory claimed before any data is read, the task's data,
+    then the engine. `make_task(recipe)` builds the task (train/task.py)."""
     device = resolve_device(recipe.device)
     dist = distributed.setup(device.type)
     if device.type == "cuda" and dist.enabled:
@@ -59,16 +75,12 @@ def train(model: str | None = None, data: str | None = None, *, recipe: Recipe |
     if recipe.batch_size % dist.world_size:
         raise ValueError(f"--batch-size {recipe.batch_size} is not divisible by {dist.world_size} processes")
     if dist.is_main and run_dir.exists():  # fail before loading data: another writer, or another run in --out
-        rundir.claim(run_dir, fresh=resume is None, overwrite=overwrite)
+        rundir.claim(run_dir, fresh=fresh, overwrite=overwrite)
     torch.manual_seed(recipe.seed)
-
-    task = ClassificationTask(config["model"], config["data"], config.get("data_dir"), recipe,
-                              config["model_options"], download=download, pretrained=pretrained,
-                              init_notes=init_notes, from_init=bool(config.get("init")))
+    task = make_task(recipe)
     task.setup(dist, device)
-    trainer = Trainer(task, recipe, run_dir, config, dist=dist, device=device, fresh=resume is None,
-                      restore=restore, progress=progress, stop_after=stop_after,
-                      warmup=paper_warmup(config["model"], recipe))
+    trainer = Trainer(task, recipe, run_dir, config, dist=dist, device=device, fresh=fresh, restore=restore,
+                      progress=progress, stop_after=stop_after, warmup=paper_warmup(config["model"], recipe))
     return trainer.fit()
 
 

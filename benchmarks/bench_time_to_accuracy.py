@@ -1,0 +1,107 @@
+"""Time to accuracy on Fashion-MNIST: the wall time of `resnet train` (start-up, training and the evaluations it
+needs) until the test accuracy on all 10,000 test images first reaches each target, for the `fast` recipe and for
+`paper-cifar`, one after the other on the same machine and cores.
+
+Each run is a real `resnet train` process evaluating on the whole test set once per epoch; the clock is read when
+each metrics row appears. A run stops when every target is reached, at the end of its schedule, or at its time cap
+(SIGTERM: it saves and exits). A one-cycle schedule peaks at its end, so the fast recipe runs at a length for each
+target (`--fast-epochs`). Writes benchmarks/results/time_to_accuracy.json.
+Usage: python benchmarks/bench_time_to_accuracy.py [--fast-epochs 18 50] [--baseline-minutes 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from bench_cpu_train import cpu_model
+
+from resnet import precision
+from resnet.checkpoint import atomic_write_text
+from resnet.reproduce.suite import usable_cpus
+
+RESULTS = Path(__file__).parent / "results" / "time_to_accuracy.json"
+TARGETS = (0.94, 0.95)
+
+
+def rows_of(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+
+
+def timed_run(model: str, recipe: str, extra: list[str], minutes: float, out: Path) -> dict:
+    """Run `resnet train` and note the wall time at which each evaluation row appeared."""
+    command = [sys.executable, "-m", "resnet", "train", "--model", model, "--data", "fashion-mnist",
+               "--recipe", recipe, "--out", str(out), "--no-progress", *extra]
+    print(" ".join(command[2:]), flush=True)
+    start = time.perf_counter()
+    log = open(out.with_suffix(".log"), "w")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    seen: list[dict] = []
+    reached: dict[str, float] = {}
+    while process.poll() is None:
+        time.sleep(0.5)
+        for row in rows_of(out / "metrics.jsonl")[len(seen):]:
+            row["seconds"] = time.perf_counter() - start
+            seen.append(row)
+            accuracy = 1 - row["test_top1_error"]
+            print(f"  {row['seconds'] / 60:6.2f} min  step {row['step']}  test acc {100 * accuracy:.2f}%", flush=True)
+            for target in TARGETS:
+                if accuracy >= target and f"{target}" not in reached:
+                    reached[f"{target}"] = row["seconds"]
+        if len(reached) == len(TARGETS) or time.perf_counter() - start > 60 * minutes:
+            process.send_signal(signal.SIGTERM)
+            process.wait()
+    for row in rows_of(out / "metrics.jsonl")[len(seen):]:  # a last row written while stopping
+        row["seconds"] = time.perf_counter() - start
+        seen.append(row)
+    best = max(seen, key=lambda r: 1 - r["test_top1_error"]) if seen else None
+    return {"model": model, "recipe": recipe, "options": extra, "cap_minutes": minutes,
+            "seconds_to": {t: reached.get(f"{t}") for t in TARGETS},
+            "best_test_accuracy": best and 1 - best["test_top1_error"], "best_at_seconds": best and best["seconds"],
+            "last_test_accuracy": seen[-1] and 1 - seen[-1]["test_top1_error"] if seen else None,
+            "epochs_run": seen[-1]["epoch"] if seen else 0, "seconds": time.perf_counter() - start,
+            "train_images_per_sec": seen[-1]["images_per_sec"] if seen else None,
+            "rows": [{k: r[k] for k in ("epoch", "step", "seconds", "test_top1_error")} for r in seen]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="resnet20")
+    p.add_argument("--fast-epochs", type=int, nargs="+", default=[18, 50],
+                   help="lengths of the fast recipe's runs (one-cycle peaks at its end; default: 18 50)")
+    p.add_argument("--fast-minutes", type=float, default=35.0, help="time cap of each fast run (default: 35)")
+    p.add_argument("--baseline-minutes", type=float, default=20.0,
+                   help="time cap of the paper-cifar run (its 64k iterations take hours; default: 20)")
+    p.add_argument("--skip-baseline", action="store_true")
+    args = p.parse_args()
+    result = {"cpu": cpu_model(), "cores": usable_cpus(), "native_bf16": precision.cpu_has_native_bf16(),
+              "torch": torch.__version__, "threads": torch.get_num_threads(), "targets": list(TARGETS),
+              "baseline": "paper-cifar", "runs": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for epochs in args.fast_epochs:
+            result["runs"].append(timed_run(args.model, "fast", ["--epochs", str(epochs)], args.fast_minutes,
+                                            Path(tmp) / f"fast-{epochs}"))
+            atomic_write_text(RESULTS, json.dumps(result, indent=2))
+        if not args.skip_baseline:
+            result["runs"].append(timed_run(args.model, "paper-cifar", [], args.baseline_minutes,
+                                            Path(tmp) / "paper-cifar"))
+    atomic_write_text(RESULTS, json.dumps(result, indent=2))
+    for run in result["runs"]:
+        times = ", ".join(f"{100 * t:.0f}%: " + (f"{s / 60:.1f} min" if s else "not reached")
+                          for t, s in run["seconds_to"].items())
+        print(f"{run['recipe']} {' '.join(run['options'])}: {times}; best {100 * run['best_test_accuracy']:.2f}%")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
