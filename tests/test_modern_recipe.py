@@ -3,6 +3,7 @@ label smoothing, mixup/cutmix, random erasing, EMA, one-cycle, flip TTA, TensorB
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -15,7 +16,7 @@ from safetensors.torch import load_file
 from resnet.checkpoint import load_training_state
 from resnet.data.batch_augment import BatchMix, random_erase
 from resnet.train.classification import ClassificationTask, evaluate
-from resnet.train.loop import train
+from resnet.train.loop import Interrupted, train
 from resnet.train.recipes import RANGES, get_recipe
 from resnet.train.schedule import LRSchedule
 from helpers import TEST_DEVICE
@@ -32,7 +33,6 @@ def tiny_recipe(**overrides):
 
 
 def plain_autocast():
-    import contextlib
     return contextlib.nullcontext()
 
 
@@ -159,15 +159,17 @@ def test_ema_weights_are_the_hand_computed_average(tiny_fashion, tmp_path):
     """Step by step (a resume after each), the weights file holds the EMA, the state the raw training weights."""
     run, decay = tmp_path / "run", 0.75
     recipe = tiny_recipe(iters=4, eval_every=1, ema_decay=decay)
-    train("resnet20", "fashion-mnist", data_dir=str(tiny_fashion), recipe=recipe, out=run, model_options=TINY,
-          progress=False, stop_after=1)
+    with pytest.raises(Interrupted):
+        train("resnet20", "fashion-mnist", data_dir=str(tiny_fashion), recipe=recipe, out=run, model_options=TINY,
+              progress=False, stop_after=1)
     history = []
     for step in range(1, 5):
         folder = run / "checkpoints" / f"step-{step:07d}"
         history.append((load_file(str(folder / "model.safetensors")),
                         load_training_state(folder / "state.pt")["ema"]["train_weights"]))
         if step < 4:
-            train(resume=run, progress=False, stop_after=1)
+            with pytest.raises(Interrupted) if step < 3 else contextlib.nullcontext():
+                train(resume=run, progress=False, stop_after=1)
     expected = dict(history[0][1])  # the first update copies the weights
     for ema, raw in history[1:]:
         expected = {k: decay * expected[k] + (1 - decay) * raw[k] if raw[k].is_floating_point() else raw[k]
@@ -181,8 +183,9 @@ def test_resume_with_every_ingredient_on_is_bitwise_exact(tiny_fashion, tmp_path
     recipe = tiny_recipe(**MODERN)
     whole = train("resnet20", "fashion-mnist", data_dir=str(tiny_fashion), recipe=recipe, out=tmp_path / "a",
                   model_options=TINY, progress=False)
-    train("resnet20", "fashion-mnist", data_dir=str(tiny_fashion), recipe=recipe, out=tmp_path / "b",
-          model_options=TINY, progress=False, stop_after=11)
+    with pytest.raises(Interrupted):
+        train("resnet20", "fashion-mnist", data_dir=str(tiny_fashion), recipe=recipe, out=tmp_path / "b",
+              model_options=TINY, progress=False, stop_after=11)
     resumed = train(resume=tmp_path / "b", progress=False)
     a, b = (load_file(str(tmp_path / r / "checkpoints" / "last.safetensors")) for r in "ab")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -218,8 +221,9 @@ def test_a_run_that_never_saved_resumes_from_the_start(tiny_fashion, tmp_path):
 
 def test_a_config_with_an_unknown_field_is_one_line_naming_it(tiny_fashion, tmp_path):
     run = tmp_path / "run"
-    train("resnet20", "fashion-mnist", data_dir=str(tiny_fashion), recipe=tiny_recipe(iters=8), out=run,
-          model_options=TINY, progress=False, stop_after=3)
+    with pytest.raises(Interrupted):
+        train("resnet20", "fashion-mnist", data_dir=str(tiny_fashion), recipe=tiny_recipe(iters=8), out=run,
+              model_options=TINY, progress=False, stop_after=3)
     config = json.loads((run / "config.json").read_text())
     config["recipe"]["learning_speed"] = 3
     (run / "config.json").write_text(json.dumps(config))
