@@ -347,8 +347,9 @@ def test_draft_decodes_large_jpegs_at_reduced_size_never_below_the_need(tmp_path
     assert decode_image(path).size == (2000, 1500)
     reduced = decode_image(path, 256)
     assert min(reduced.size) >= 256 and reduced.size[0] < 1000  # 1/4 scale: 500x375
-    (tmp_path / "train" / "a").mkdir(parents=True)
-    path.rename(tmp_path / "train" / "a" / "big.jpg")
+    for name in ("a", "b"):  # two classes: a folder of one is refused
+        (tmp_path / "train" / name).mkdir(parents=True)
+        (tmp_path / "train" / name / "big.jpg").write_bytes(path.read_bytes())
     info = dataset_info("folder", tmp_path)
     dataset = get_dataset("folder", "train", tmp_path, transform=test_transform(info, torch.zeros(3, 1, 1)))
     assert dataset.draft == 256 and dataset[0][0].shape == (3, 224, 224)
