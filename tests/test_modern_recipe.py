@@ -298,3 +298,20 @@ def test_fast_recipe_learns(tiny_fashion, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["test_top1_error"] < 0.5 < 0.75  # 4 classes: chance is 75% error
     assert rows[-1]["test_top1_error"] < rows[0]["test_top1_error"] or rows[0]["test_top1_error"] < 0.2
+
+
+def test_training_flip_tta_is_what_eval_tta_flip_gives(tiny_fashion, tmp_path, capsys):
+    from resnet.cli import main
+
+    run = tmp_path / "run"
+    row = train("resnet20", "fashion-mnist", data_dir=str(tiny_fashion), recipe=tiny_recipe(iters=16, tta="flip"),
+                out=run, model_options=TINY, progress=False)
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run), "--which", "last", "--data", "fashion-mnist", "--data-dir",
+                 str(tiny_fashion), "--tta", "flip", "--json", str(tmp_path / "e.json"), "--no-progress",
+                 "--workers", "0"]) == 0
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["protocol"] == "flip"
+    member = result["members"][0]
+    assert member["top1_error"] == pytest.approx(row["test_top1_error"])
+    assert member["loss"] == pytest.approx(row["test_loss"], rel=1e-4)

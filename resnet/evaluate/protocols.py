@@ -121,6 +121,17 @@ class Center(Protocol):
         return to_float(self.geometry(to_image(image)))[None]
 
 
+class CenterFlip(Center):
+    """Two views: the centre view and its horizontal flip (`resnet eval --tta flip`, as the `fast` recipe's
+    evaluations during training)."""
+
+    name = "flip"
+
+    def prepare(self, image) -> torch.Tensor:
+        view = super().prepare(image)
+        return torch.cat([view, view.flip(-1)])
+
+
 class TenCrop(Protocol):
     """Ten views: four corners and centre of the resized (or, small data, padded) image, and their flips."""
 
@@ -189,7 +200,7 @@ class MultiScale(Protocol):
         return total / counts[:, None]
 
 
-PROTOCOLS = ("center", "10crop", "multiscale")
+PROTOCOLS = ("center", "flip", "10crop", "multiscale")
 
 
 def get_protocol(name: str, style: str = "imagenet", image_size: int | None = None,
@@ -199,6 +210,8 @@ def get_protocol(name: str, style: str = "imagenet", image_size: int | None = No
     crop = image_size or default_crop(style)
     if name == "center":
         return Center(style, crop, resize)
+    if name == "flip":
+        return CenterFlip(style, crop, resize)
     if name == "10crop":
         return TenCrop(style, crop, resize)
     if name == "multiscale":

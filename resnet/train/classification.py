@@ -102,24 +102,30 @@ def make_model(model_name: str, info, mean: torch.Tensor, options: dict) -> nn.M
 
 # ----------------------------------------------------------------------------- evaluation
 
-def class_scores(model: nn.Module, x: torch.Tensor, autocast: Callable, tta: str = "none") -> torch.Tensor:
+def class_scores(model: nn.Module, x: torch.Tensor, autocast: Callable, tta: str = "none",
+                 flip_shift: torch.Tensor | None = None) -> torch.Tensor:
     """Logits; with `tta="flip"` the log of the mean softmax of the image and its horizontal flip (the same
-    cross-entropy and ranking as those averaged probabilities)."""
+    cross-entropy and ranking as those averaged probabilities). Inputs are normalised images; `flip_shift`
+    ((flip(mean) - mean) / std for a per-pixel mean) makes the flipped view the normalised flip of the image."""
+    if tta == "flip":
+        flipped = x.flip(-1) if flip_shift is None else x.flip(-1) + flip_shift.to(x.device)
+        x = torch.cat([x, flipped])
     with autocast():
-        logits = model(torch.cat([x, x.flip(-1)]) if tta == "flip" else x)
+        logits = model(x)
     if tta != "flip":
         return logits.float()
-    return logits.float().softmax(1).view(2, len(x), -1).mean(0).clamp_min(1e-12).log()
+    return logits.float().softmax(1).view(2, len(x) // 2, -1).mean(0).clamp_min(1e-12).log()
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device, autocast, tta: str = "none") -> dict:
+def evaluate(model: nn.Module, loader, device: torch.device, autocast, tta: str = "none",
+             flip_shift: torch.Tensor | None = None) -> dict:
     """Loss, top-1 and top-5 error over a loader (summed over all processes)."""
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top1 wrong, top5 wrong, count
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        totals += _batch_stats(class_scores(model, x, autocast, tta), y)
+        totals += _batch_stats(class_scores(model, x, autocast, tta, flip_shift), y)
     model.train()
     loss, wrong1, wrong5, n = distributed.all_reduce_sum(totals).tolist()
     return {"loss": loss / n, "top1_error": wrong1 / n, "top5_error": wrong5 / n, "images": int(n)}
@@ -174,6 +180,8 @@ class ClassificationTask:
                                                                     self.eval_loaders)
         _, self.final_loaders = finetune.renormalise(net, self.mean, self.train_loader, self.final_loaders)
         finetune.freeze(net, self.recipe.freeze)
+        mean, std = net.input_mean, getattr(net, "input_std", None)
+        self.flip_shift = (mean.flip(-1) - mean) / (1 if std is None else std)
         self.channels_last = precision.channels_last(self.device, self.recipe.channels_last)
 
     def param_groups(self, net: nn.Module) -> list:
@@ -210,7 +218,7 @@ class ClassificationTask:
     def evaluate(self, model: nn.Module, loaders: dict, autocast: Callable) -> dict:
         row = {}
         for key, loader in loaders.items():
-            result = evaluate(model, loader, self.device, autocast, self.recipe.tta)
+            result = evaluate(model, loader, self.device, autocast, self.recipe.tta, self.flip_shift)
             row.update({f"{key}_{k}": v for k, v in result.items()})
         return row
 
