@@ -190,11 +190,6 @@ def _run_parallel(todo, recipe, out, data, data_dir, download, jobs, on_result, 
     with workers.Forwarder(lambda: running) as stop:
         try:
             while queue or running:
-                while queue and len(running) < jobs and not (stop.signum or failures or stopped):
-                    spec = queue.pop(0)
-                    running.append(workers.start(spec.name, (spec, recipe, out, data, data_dir, download, False,
-                                                             True, threads)))
-                time.sleep(workers.POLL)
                 for worker in [w for w in running if w.process.poll() is not None]:
                     running.remove(worker)
                     answer = worker.answer()
@@ -209,11 +204,18 @@ def _run_parallel(todo, recipe, out, data, data_dir, download, jobs, on_result, 
                         say(f"{worker.name} failed; stopping the other runs (each saves a checkpoint)")
                         for other in running:
                             workers.send(other, signal.SIGINT)
+                while queue and len(running) < jobs and not (stop.signum or failures or stopped):
+                    spec = queue.pop(0)
+                    running.append(workers.start(spec.name, (spec, recipe, out, data, data_dir, download, False,
+                                                             True, threads)))
+                if not running:
+                    break  # stopping: the runs not started stay for the next call
                 workers.escalate(running, stop.signum or (signal.SIGINT if failures or stopped else 0))
-                if running and not stop.signum and time.monotonic() - last_progress >= PROGRESS_SECONDS:
+                if not stop.signum and time.monotonic() - last_progress >= PROGRESS_SECONDS:
                     last_progress = time.monotonic()  # the workers' output goes to their logs: say how far they are
                     say("  " + ", ".join(_where(out / w.name, recipe.iters) for w in running)
                         + (f"; {len(queue)} waiting" if queue else ""))
+                time.sleep(workers.POLL)
         except BaseException:
             workers.reap(running)
             raise
