@@ -5,6 +5,8 @@ Experiments:
   shortcuts    options A, B, C at one depth (default 32): the CIFAR-scale analog of Table 3
   fig7         layer responses of plain/residual 20 and 56 and residual 110 (reuses table6 runs in --out)
   degradation  the CPU miniature that `make demo` runs
+  detection    Tables 7-8 in miniature: a C4 Faster R-CNN on plain-20 and on ResNet-20, each pretrained on
+               Fashion-MNIST, trained on the Fashion-MNIST scenes (about 30 CPU minutes at budget 1)
 
 Runs are ordinary run directories under --out. Running the same command again skips finished runs and
 resumes stopped ones exactly (Ctrl-C safe); another --budget or recipe on an existing --out is refused.
@@ -15,6 +17,7 @@ Examples:
   resnet reproduce table6 --data fashion-mnist --depths 20 56 --budget 0.1
   resnet reproduce shortcuts --data cifar10 --seeds 3 --jobs 3
   resnet reproduce fig7 --data cifar10 --out runs/table6-cifar10
+  resnet reproduce detection --data fashion-scenes             # run `resnet data fashion-scenes` first
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import math
 import shlex
 import sys
 
-EXPERIMENTS = ("table6", "shortcuts", "fig7", "degradation")
+EXPERIMENTS = ("table6", "shortcuts", "fig7", "degradation", "detection")
 
 
 def positive_int(text: str) -> int:
@@ -65,8 +68,8 @@ def cifar_depth(text: str) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("experiment", choices=EXPERIMENTS, help="which experiment")
-    p.add_argument("--data", default="cifar10", choices=["cifar10", "fashion-mnist"],
-                   help="dataset (default: cifar10; the paper's numbers are for CIFAR-10)")
+    p.add_argument("--data", choices=["cifar10", "fashion-mnist", "fashion-scenes", "coco"],
+                   help="dataset (default: cifar10, the paper's numbers are for CIFAR-10; detection: fashion-scenes)")
     p.add_argument("--depths", type=cifar_depth, nargs="+",
                    help="depths to run (6n+2: 20, 32, 44, 56, 110, 1202; default: the experiment's)")
     p.add_argument("--budget", type=positive_float, default=1.0,
@@ -80,6 +83,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--download", action="store_true", help="download the dataset if it is missing")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar for each run (default: when stderr is a terminal)")
+    p.add_argument("--masks", action="store_true", help="detection: Mask R-CNN, mask AP too")
+    p.add_argument("--pretrained", metavar="SUITE",
+                   help="detection: a table6 suite folder whose plain/resnet runs are the backbones")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,8 +93,24 @@ def run(args: argparse.Namespace) -> int:
     from resnet.train.loop import Interrupted
 
     command = "resnet " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["reproduce"] else ""
+    detection = args.experiment == "detection"
+    data = args.data or ("fashion-scenes" if detection else "cifar10")
+    if detection != (data in ("fashion-scenes", "coco")):
+        raise ValueError(f"--data {data}: the detection experiment runs on fashion-scenes or coco, the others on "
+                         f"cifar10 or fashion-mnist")
+    if not detection and (args.masks or args.pretrained):
+        raise ValueError("--masks and --pretrained apply to the detection experiment only")
     try:
-        reproduce(args.experiment, args.data, depths=args.depths, budget=args.budget, seeds=args.seeds,
+        if detection:
+            from resnet.reproduce.detection import reproduce_detection
+
+            if args.depths and len(args.depths) > 1:
+                raise ValueError("--depths: the detection experiment compares one depth (plain vs residual)")
+            reproduce_detection(data, budget=args.budget, depth=args.depths[0] if args.depths else None,
+                                masks=args.masks, out=args.out, device=args.device, data_dir=args.data_dir,
+                                pretrained=args.pretrained, progress=args.progress, command=command)
+            return 0
+        reproduce(args.experiment, data, depths=args.depths, budget=args.budget, seeds=args.seeds,
                   jobs=args.jobs, out=args.out, device=args.device, data_dir=args.data_dir,
                   download=args.download, progress=args.progress, command=command)
     except Interrupted as e:
