@@ -140,7 +140,10 @@ class ResumableLoader:
         self.loader = DataLoader(SeededSamples(dataset, seed), batch_size=batch_size, sampler=self.sampler,
                                  num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
                                  drop_last=train, prefetch_factor=4 if workers > 0 else None,
-                                 worker_init_fn=ignore_stop_signals, collate_fn=collate_fn)
+                                 worker_init_fn=ignore_stop_signals, collate_fn=collate_fn,
+                                 generator=torch.Generator().manual_seed(seed))  # not the global RNG: see below
+        # Each iterator draws its workers' base seed from `generator`; from torch's global RNG, a resume (a new
+        # iterator mid-epoch) would shift the global stream that training draws from (mixup, RoI sampling).
         self.batch_size, self.train = batch_size, train
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:

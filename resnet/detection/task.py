@@ -90,7 +90,7 @@ class DetectionTask:
         for key, loader in loaders.items():
             limit = None if final else self.recipe.eval_subset
             metrics = evaluate_detector(model, loader, device=self.device, limit=limit)
-            row.update({f"{key}_{k}": v for k, v in metrics.items()})
+            row.update({f"{key}_{k}": None if v != v else v for k, v in metrics.items()})  # NaN (no such boxes): null
         return row
 
     def selection_error(self, row: dict) -> float:

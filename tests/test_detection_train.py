@@ -1,0 +1,123 @@
+"""Detection on the training engine: a run directory like classification's, exact resume, the command line,
+learning on the scenes, and `resnet reproduce detection`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import TEST_DEVICE, write_idx
+from safetensors.torch import load_file
+
+from resnet.cli import main
+from resnet.detection.scenes import make_fashion_scenes
+from resnet.detection.train import train_detector
+from resnet.train.loop import Interrupted, train
+from resnet.train.recipes import get_recipe
+
+TINY = {"base_width": 4}
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    """Fashion-MNIST files of filled rectangles, tall for class 0 and wide for class 1: a detector can learn them."""
+    folder = tmp_path_factory.mktemp("fashion")
+    rng = np.random.default_rng(0)
+    for stem, n in (("train", 200), ("t10k", 100)):
+        labels = rng.integers(0, 2, n).astype(np.uint8)
+        images = np.zeros((n, 28, 28), np.uint8)
+        for i, label in enumerate(labels):
+            h, w = (24, 8) if label == 0 else (8, 24)
+            images[i, 14 - h // 2:14 + h // 2, 14 - w // 2:14 + w // 2] = 255
+        write_idx(folder / f"{stem}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{stem}-labels-idx1-ubyte.gz", labels)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def scenes(shapes, tmp_path_factory) -> Path:
+    out, _ = make_fashion_scenes(tmp_path_factory.mktemp("s") / "scenes", train=24, val=8, size=64, seed=1,
+                                 fashion_dir=shapes)
+    return out
+
+
+def det_recipe(**overrides):
+    base = dict(iters=6, batch_size=2, eval_every=3, num_workers=0, device=TEST_DEVICE)
+    return get_recipe("detection-cpu", **{**base, **overrides})
+
+
+def test_a_detection_run_has_the_classification_run_directory(scenes, tmp_path):
+    run = tmp_path / "run"
+    row = train_detector("resnet20", "fashion-scenes", data_dir=str(scenes), recipe=det_recipe(), out=run,
+                         model_options=TINY, progress=False)
+    assert {"config.json", "metrics.jsonl", "curves.png", "checkpoints"} <= {p.name for p in run.iterdir()}
+    config = json.loads((run / "config.json").read_text())
+    assert config["task"] == "detection" and config["detector"]["head"] == "c4"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [3, 6] and rows[-1] == row
+    assert 0 <= row["val_box_AP"] <= 1 and row["val_images"] == 8
+    from resnet.detection import load_detector
+    model = load_detector(run, which="last")
+    assert model.roi_heads.box_predictor.cls_score.out_features == 11  # the 10 Fashion-MNIST classes + background
+
+
+def test_detection_resume_is_exact(scenes, tmp_path):
+    recipe = det_recipe(iters=8, eval_every=4)
+    common = dict(data_dir=str(scenes), recipe=recipe, model_options=TINY, progress=False)
+    whole = train_detector("resnet20", "fashion-scenes", out=tmp_path / "a", **common)
+    with pytest.raises(Interrupted):
+        train_detector("resnet20", "fashion-scenes", out=tmp_path / "b", stop_after=5, **common)
+    resumed = train_detector(resume=tmp_path / "b", progress=False)
+    a, b = (load_file(str(tmp_path / r / "checkpoints" / "last.safetensors")) for r in "ab")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["train_loss"] == whole["train_loss"] and resumed["val_box_AP"] == whole["val_box_AP"]
+
+
+def test_detection_from_the_command_line_and_its_resume(scenes, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "--model", "resnet20", "--data", "fashion-scenes", "--data-dir", str(scenes), "--recipe",
+            "detection-cpu", "--iters", "4", "--batch-size", "2", "--eval-every", "2", "--num-workers", "0",
+            "--base-width", "4", "--no-progress", "--out", str(run), "--device", TEST_DEVICE]
+    assert main(args) == 0
+    assert "val box AP" in capsys.readouterr().out
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0  # finished: its final evaluation again
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+    with pytest.raises(ValueError, match="detection run"):
+        train(resume=run, progress=False)
+
+
+@pytest.mark.slow
+def test_training_on_the_scenes_improves_box_ap(scenes, tmp_path):
+    before = train_detector("resnet20", "fashion-scenes", data_dir=str(scenes), recipe=det_recipe(iters=1, lr=1e-6),
+                            out=tmp_path / "a", progress=False)
+    after = train_detector("resnet20", "fashion-scenes", data_dir=str(scenes),
+                           recipe=det_recipe(iters=240, eval_every=240, batch_size=4), out=tmp_path / "b",
+                           progress=False)
+    assert after["val_box_AP50"] > before["val_box_AP50"] + 0.1
+
+
+def test_reproduce_detection_reuses_backbones_resumes_and_refuses_another_budget(shapes, scenes, tmp_path):
+    from resnet.reproduce.detection import reproduce_detection
+
+    suite = tmp_path / "table6"  # classification runs of both kinds, as a table6 suite holds them
+    for model in ("plain20", "resnet20"):
+        train(model, "fashion-mnist", data_dir=str(shapes), out=suite / f"{model}-s0", model_options=TINY,
+              recipe=get_recipe("paper-cifar", iters=4, batch_size=32, val_split=False, device=TEST_DEVICE),
+              progress=False)
+    out = tmp_path / "det"
+    report = reproduce_detection("fashion-scenes", budget=0.002, out=out, data_dir=str(scenes), pretrained=suite,
+                                 device=TEST_DEVICE, progress=False, command="test")
+    assert [r["backbone"] for r in report["results"]] == ["plain20", "resnet20"]
+    assert set(report["relative_gain"]) >= {"box_AP", "box_AP50"}
+    assert "ResNet-101 27.2 / 48.4" in (out / "report.md").read_text()
+    mtime = (out / "resnet20-detect" / "metrics.jsonl").stat().st_mtime
+    again = reproduce_detection("fashion-scenes", budget=0.002, out=out, data_dir=str(scenes), pretrained=suite,
+                                device=TEST_DEVICE, progress=False, command="test")
+    assert again["results"] == report["results"]
+    assert (out / "resnet20-detect" / "metrics.jsonl").stat().st_mtime == mtime  # nothing trained again
+    with pytest.raises(ValueError, match="budget 0.002"):
+        reproduce_detection("fashion-scenes", budget=0.5, out=out, data_dir=str(scenes), pretrained=suite,
+                            device=TEST_DEVICE, progress=False)
