@@ -99,8 +99,12 @@ def reproduce_detection(data: str = "fashion-scenes", *, budget: float = 1.0, de
     return write_report(out, data, budget, results, command)
 
 
-def relative_gain(plain: float, residual: float) -> float | None:
-    return None if not plain else residual / plain - 1
+def relative_gain(plain: float | None, residual: float | None) -> float | None:
+    return None if not plain or residual is None else residual / plain - 1
+
+
+def percent(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{100 * value:.{digits}f}"
 
 
 def write_report(out: Path, data: str, budget: float, results: list[dict], command: str) -> dict:
@@ -124,13 +128,13 @@ def format_report(report: dict) -> str:
     lines = [f"# Detection on {report['data']} (budget {report['budget']})", "", f"`{report['command']}`", "",
              head, "|" + "---|" * (head.count("|") - 1)]
     for r in report["results"]:
-        cells = [r["backbone"], f"{100 * r['classification_test_error']:.2f}",
-                 *(f"{100 * r[k]:.1f}" for k in ("box_AP", "box_AP50", "box_AP75"))]
+        cells = [r["backbone"], percent(r["classification_test_error"], 2),
+                 *(percent(r.get(k)) for k in ("box_AP", "box_AP50", "box_AP75"))]
         if masks:
-            cells.append(f"{100 * r.get('mask_AP', float('nan')):.1f}")
+            cells.append(percent(r.get("mask_AP")))
         lines.append("| " + " | ".join(cells) + " |")
     gains = report["relative_gain"]
-    if gains:
+    if gains and None not in (gains["box_AP"], gains["box_AP50"]):
         lines += ["", f"Residual over plain: box AP {100 * gains['box_AP']:+.0f}% relative, AP50 "
                       f"{100 * gains['box_AP50']:+.0f}% relative."]
     paper = report["paper"]
