@@ -1,17 +1,69 @@
-"""The README runs as written: its Python blocks execute, and each `resnet ...` command line parses."""
+"""The README runs as written: its Python blocks execute, each command line parses, and every command line that can
+work offline is run (small budgets, on small data this file writes); the others are named with their reason.
+
+How a README line becomes a run (`prepare`), as general rules rather than a list of today's lines:
+
+* placeholders are made before the command runs, in an empty working directory: a run directory for
+  `--checkpoint runs/NAME`/`--resume`/`--init`, a checkpoint file for `*.safetensors`, an image folder
+  (`train/<class>/`, `val/<class>/`) or the fashion-scenes for `--data-dir`, image files and folders for `predict`,
+  a torchvision state dict for `convert SRC.pth`, and, for a weights name (`--init torchvision-v1`), a state dict
+  of the right shape under the published file name in `$TORCH_HOME/hub/checkpoints` (a cached file is used as it
+  is, the SHA-256 prefix is checked on download only: resnet/weights.py `download`); a run directory that another
+  README line writes with `--out` is that line's output (so the fine-tune section runs as a chain);
+* budgets are set: a few iterations (or the recipe's own length in epochs over a few images), a narrow net,
+  a tiny `--budget` and at most two seeds for `reproduce`, a few canvases for `resnet data fashion-scenes`;
+* data that cannot be fetched offline is replaced where the line's point survives (SUBSTITUTIONS); a line that
+  cannot run offline at all must match exactly one pattern of OFFLINE, with the reason.
+"""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
+from functools import cache
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from helpers import TEST_DEVICE, write_idx
+from PIL import Image
 
-from resnet.cli import build_parser
+from resnet.cli import build_parser, main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights"  # akamaster's files (issue 22)
+
+# A README command line that cannot work offline: a pattern (re.search on the line) and why. Every line that is
+# not run must match exactly one, and a line that is run none (test_every_command_is_run_or_has_one_reason).
+OFFLINE = {
+    r"--download\b": "downloads a dataset (CIFAR-10/100 from torchvision's mirrors); the same commands on "
+                     "Fashion-MNIST are run",
+    r"^torchrun\b": "several processes under torchrun, on ImageNet (ILSVRC2012, 150 GB, not downloadable)",
+    r"^resnet (train|analyze|predict|reproduce)\b.*--data imagenet\b": "ILSVRC2012 (150 GB) cannot be fetched",
+    r"--data coco\b": "needs a COCO folder (18 GB), not available offline",
+    r"^resnet demo\b": "trains four nets for 3,000 iterations (7 CPU minutes) and has no budget option; "
+                       "`resnet reproduce degradation` (the same code) is run when the README has it",
+}
+
+# Data replaced by Fashion-MNIST where the line's point is the command, not the dataset: (pattern on the line,
+# old, new). CIFAR-10/100 need a download; Fashion-MNIST takes the same small-image path (paper-cifar recipe,
+# CIFAR protocol). `eval --data imagenet`: the ensemble and the protocol are what the line shows, and they run the
+# same on a small-image checkpoint (multiscale at the image's own size).
+SUBSTITUTIONS = [
+    (r"--data cifar(10|100)\b", re.compile(r"^cifar(10|100)$"), "fashion-mnist"),
+    (r"^resnet eval\b", re.compile(r"^imagenet$"), "fashion-mnist"),
+]
+
+TRAIN_ITERS = 2
+FEW_IMAGES = 16  # --subset for Fashion-MNIST lines: the recipe's own length in epochs stays a few iterations
+REPRODUCE_BUDGET = 2 / 64_000  # two iterations of the paper-cifar recipe (detection: two of each stage)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+# ----------------------------------------------------------------------------- the README's lines
 
 
 def python_blocks() -> list[str]:
@@ -21,10 +73,29 @@ def python_blocks() -> list[str]:
 
 
 def command_lines() -> list[str]:
-    """Every indented or fenced line that starts a `resnet` command (continuation lines joined)."""
+    """Every indented or fenced line that starts a `resnet` command, or runs one under torchrun or `python -m`
+    (continuation lines joined, comments dropped)."""
     text = README.read_text().replace("\\\n", " ")
     lines = [line.strip() for line in text.splitlines()]
-    return [line.split("  #")[0].strip() for line in lines if line.startswith("resnet ")]
+    starts = ("resnet ", "torchrun ", "python -m resnet ")
+    return [" ".join(line.split("  #")[0].split()) for line in lines
+            if line.startswith(starts) and (line.startswith("resnet ") or " -m resnet " in f" {line} ")]
+
+
+def resnet_argv(line: str) -> list[str]:
+    """The arguments of the `resnet` command a line runs (after `-m resnet` under torchrun or python)."""
+    words = shlex.split(line)
+    if words[0] == "resnet":
+        return words[1:]
+    return words[words.index("resnet", words.index("-m")) + 1:]
+
+
+def reasons(line: str) -> list[str]:
+    return [pattern for pattern in OFFLINE if re.search(pattern, line)]
+
+
+def offline_lines() -> list[str]:
+    return [line for line in command_lines() if not reasons(line)]
 
 
 def test_readme_has_python_and_commands():
@@ -33,9 +104,18 @@ def test_readme_has_python_and_commands():
 
 @pytest.mark.parametrize("line", command_lines())
 def test_readme_command_parses(line):
-    argv = shlex.split(line)[1:]
+    argv = resnet_argv(line)
     args = build_parser(argv).parse_args(argv)
     assert args.command == argv[0]
+
+
+def test_every_command_is_run_or_has_one_reason():
+    """A new README command forces a decision: it is run (no pattern matches), or exactly one reason says why not."""
+    ambiguous = {line: reasons(line) for line in command_lines() if len(reasons(line)) > 1}
+    assert not ambiguous, f"README lines matched by more than one OFFLINE reason: {ambiguous}"
+    run = set(offline_lines())
+    assert all(line in run or len(reasons(line)) == 1 for line in command_lines())
+    assert len(run) >= len(command_lines()) // 2  # most of the README runs here
 
 
 def test_readme_python_runs(tiny_fashion, tmp_path, monkeypatch):
@@ -46,3 +126,379 @@ def test_readme_python_runs(tiny_fashion, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for block in python_blocks():
         exec(compile(block, "README.md", "exec"), {"__name__": "__readme__"})
+
+
+# ----------------------------------------------------------------------------- artefacts, made once
+
+
+def learnable(n: int, seed: int, size: int = 28, classes: int = 4):
+    """Noisy images whose class is a bright horizontal band at a class-specific height (as conftest's)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, n)
+    images = rng.integers(0, 80, (n, size, size))
+    band = size // classes
+    for i, label in enumerate(labels):
+        images[i, label * band:(label + 1) * band, :] += 150
+    return images.astype(np.uint8), labels.astype(np.uint8)
+
+
+def image(label: int, seed: int, size: int = 28) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    array = rng.integers(0, 80, (size, size, 3))
+    band = size // 2
+    array[label * band:(label + 1) * band] += 150
+    return Image.fromarray(array.astype(np.uint8))
+
+
+def write_image(path: Path, seed: int = 0) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = image(seed % 2, seed)
+    img.save(path, **({"quality": 95} if path.suffix.lower() in (".jpg", ".jpeg") else {}))
+
+
+def write_image_folder(root: Path, train: int = 4, val: int = 2) -> Path:
+    """train/<class>/ and val/<class>/ for two classes, `cat` and `dog` (the README's examples), RGB PNGs."""
+    for split, n in (("train", train), ("val", val)):
+        for label, name in enumerate(("cat", "dog")):
+            for i in range(n):
+                write_image(root / split / name / f"{i}.png", seed=1000 * label + 10 * i + (split == "val"))
+    return root
+
+
+class Artefacts:
+    """What the README's placeholders stand for, made on first use (once per module)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    @cache
+    def fashion(self) -> Path:
+        """Fashion-MNIST in its IDX format: 512 training and 128 test images, 4 classes, learnable."""
+        folder = self.root / "fashion-mnist"
+        folder.mkdir()
+        for stem, n, seed in (("train", 512, 0), ("t10k", 128, 1)):
+            images, labels = learnable(n, seed)
+            write_idx(folder / f"{stem}-images-idx3-ubyte.gz", images)
+            write_idx(folder / f"{stem}-labels-idx1-ubyte.gz", labels)
+        return folder
+
+    @cache
+    def images(self) -> Path:
+        return write_image_folder(self.root / "images")
+
+    @cache
+    def scenes(self) -> Path:
+        from resnet.detection.scenes import make_fashion_scenes
+
+        out, _ = make_fashion_scenes(self.root / "scenes", train=8, val=4, size=64, fashion_dir=self.fashion())
+        return out
+
+    @cache
+    def run(self, kind: str) -> Path:
+        """A finished run: `resnet` (resnet20, width 4, Fashion-MNIST), `plain` (plain20), `folder` (resnet20 on
+        the image folder), `stopped` (resnet20 stopped after 2 of its 4 iterations), `detection` (fashion-scenes)."""
+        from resnet.train.loop import Interrupted
+
+        out = self.root / "runs" / kind
+        model = "plain20" if kind == "plain" else "resnet20"
+        data, data_dir = {"folder": ("folder", self.images()),
+                          "detection": ("fashion-scenes", self.scenes())}.get(kind, ("fashion-mnist", self.fashion()))
+        argv = ["train", "--model", model, "--data", data, "--data-dir", str(data_dir), "--out", str(out),
+                "--iters", "4", "--eval-every", "2", "--batch-size", "4" if kind == "detection" else "8",
+                "--base-width", "4", "--num-workers", "0", "--device", TEST_DEVICE, "--no-progress"]
+        if kind == "stopped":
+            from resnet.commands.train import model_options, recipe_from_args
+            from resnet.train.loop import train
+
+            args = build_parser(argv).parse_args(argv)
+            with pytest.raises(Interrupted):
+                train(model, data, recipe=recipe_from_args(args), out=out, data_dir=str(data_dir),
+                      model_options=model_options(args), progress=False, stop_after=2)
+        else:
+            assert main(argv) == 0, f"fixture run {kind}"
+        return out
+
+    @cache
+    def state_dict(self, model: str) -> Path:
+        """A torchvision ResNet state dict (random weights, torchvision's names), for `convert` and `--init`."""
+        import torchvision
+
+        path = self.root / "state" / f"{model}.pth"
+        path.parent.mkdir(exist_ok=True)
+        torch.save(getattr(torchvision.models, model)().state_dict(), path)
+        return path
+
+
+@pytest.fixture(scope="module")
+def artefacts(tmp_path_factory) -> Artefacts:
+    return Artefacts(tmp_path_factory.mktemp("readme"))
+
+
+# ----------------------------------------------------------------------------- from a README line to a run
+
+
+def option(argv: list[str], name: str) -> str | None:
+    return argv[argv.index(name) + 1] if name in argv else None
+
+
+def set_option(argv: list[str], name: str, value, only_if_missing: bool = False) -> None:
+    if name in argv:
+        if not only_if_missing:
+            argv[argv.index(name) + 1] = str(value)
+    else:
+        argv += [name, str(value)]
+
+
+def cap_option(argv: list[str], name: str, most: int) -> None:
+    if name in argv:
+        i = argv.index(name) + 1
+        argv[i] = str(min(int(float(argv[i])), most))
+
+
+def place(src: Path, dst: Path) -> None:
+    """A copy of a file or folder at `dst` (links inside a run directory kept as links)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists():
+        return
+    if src.is_dir():
+        shutil.copytree(src, dst, symlinks=True)
+    else:
+        shutil.copy2(src, dst)
+
+
+def cached_weights(artefacts: Artefacts, name: str, model: str | None) -> bool:
+    """For a weights name, a file of the right shape at its cache path under $TORCH_HOME; False for no name."""
+    from resnet.weights import WEIGHTS, find_weights
+
+    entry = WEIGHTS.get(name) or (find_weights(model, name) if model else None)
+    if entry is None:
+        return False
+    target = entry.cache_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if entry.dataset == "cifar10":  # akamaster's real files, present on every developer machine and in CI
+        found = sorted(SHARED_WEIGHTS.glob(f"*{entry.file_name}"))
+        assert found, f"{entry.name}: not in {SHARED_WEIGHTS}; add an OFFLINE reason for this README line"
+        place(found[0], target)
+    else:  # torchvision's and timm's ResNets share torchvision's state-dict names
+        place(artefacts.state_dict(entry.model), target)
+    return True
+
+
+class Line:
+    """One README line made runnable in the current (empty) working directory."""
+
+    def __init__(self, line: str, artefacts: Artefacts, producers: dict[str, str]):
+        self.line, self.artefacts, self.producers = line, artefacts, producers
+        argv = resnet_argv(line)
+        for pattern, old, new in SUBSTITUTIONS:
+            if re.search(pattern, line):
+                argv = [new if i and argv[i - 1] == "--data" and old.match(a) else a for i, a in enumerate(argv)]
+        self.argv = argv
+        self.args = build_parser(argv).parse_args(argv)
+        self.command = argv[0]
+        self.data = getattr(self.args, "data", None)
+        self.safetensors = 0
+
+    # placeholders -------------------------------------------------------------------------------------------
+    def run_for(self, path: str) -> Path:
+        """The run directory a `runs/NAME` placeholder stands for: another README line's --out, else a fixture run
+        fitting the line's data."""
+        if path in self.producers and self.producers[path] != self.line:
+            return produced(self.producers[path], self.artefacts, self.producers)
+        if self.data in ("folder",):
+            return self.artefacts.run("folder")
+        if self.data in ("fashion-scenes", "coco"):
+            return self.artefacts.run("detection")
+        return self.artefacts.run("plain" if "plain" in Path(path).name else "resnet")
+
+    def checkpoint(self, value: str, model: str | None = None) -> None:
+        if Path(value).exists() or cached_weights(self.artefacts, value, model):
+            return
+        if value.endswith(".safetensors"):
+            self.safetensors += 1
+            kind = "plain" if "plain" in value or self.safetensors % 2 == 0 else "resnet"
+            place(self.artefacts.run(kind) / "checkpoints" / "last.safetensors", Path(value))
+        elif value.endswith((".pth", ".pt", ".bin")):
+            place(self.artefacts.state_dict(model or "resnet50"), Path(value))
+        else:
+            place(self.run_for(value), Path(value))
+
+    def data_dir(self, value: str) -> None:
+        if self.command == "data" or Path(value).exists():  # `resnet data`: where to look and write
+            return
+        source = {"folder": self.artefacts.images, "fashion-scenes": self.artefacts.scenes,
+                  "fashion-mnist": self.artefacts.fashion}.get(self.data)
+        assert source is not None, f"{self.line}: no small data for --data {self.data}; add an OFFLINE reason"
+        place(source(), Path(value))
+
+    def materialise(self) -> None:
+        a, argv = self.args, self.argv
+        for i, word in enumerate(argv[:-1]):
+            value = argv[i + 1]
+            if word == "--checkpoint":
+                self.checkpoint(value)
+            elif word in ("--init", "--backbone-weights"):
+                self.checkpoint(value, model=a.model)
+            elif word == "--resume" and not Path(value).exists():
+                place(self.artefacts.run("stopped"), Path(value))
+            elif word == "--pretrained":  # a table6 suite folder: {plain,resnet}{depth}-s0
+                for kind in ("plain", "resnet"):
+                    place(self.artefacts.run(kind), Path(value) / f"{kind}{(a.depths or [20])[0]}-s0")
+            elif word == "--data-dir":
+                self.data_dir(value)
+        if self.command == "predict":
+            for n, value in enumerate(a.images):
+                if Path(value).exists():
+                    continue
+                if value.lower().endswith(IMAGE_SUFFIXES):
+                    write_image(Path(value), seed=n)
+                else:  # a folder of images, in sub-folders too
+                    for j in range(3):
+                        write_image(Path(value) / f"{j}.png", seed=j)
+                    write_image(Path(value) / "more" / "3.jpg", seed=3)
+        if self.command == "convert" and not Path(a.src).exists():
+            if a.src.endswith(".th"):
+                self.checkpoint(f"{a.model}.akamaster-cifar10")
+                place(self.artefacts_file(a.model), Path(a.src))
+            else:
+                place(self.artefacts.state_dict(a.model), Path(a.src))
+
+    def artefacts_file(self, model: str) -> Path:
+        from resnet.weights import WEIGHTS
+
+        return WEIGHTS[f"{model}.akamaster-cifar10"].cache_path()
+
+    # budgets ----------------------------------------------------------------------------------------------
+    def budget(self) -> None:
+        from resnet.commands.train import DETECTION_DATA, default_recipe
+        from resnet.train.recipes import RECIPES
+
+        a, argv = self.args, self.argv
+        if self.command == "train" and not a.resume:
+            if a.iters is not None:
+                set_option(argv, "--iters", TRAIN_ITERS)
+            elif a.epochs is not None:
+                cap_option(argv, "--epochs", 2)
+            elif RECIPES[default_recipe(a)].epochs is None:  # 64k or 600k iterations, 182 or 120 folder epochs
+                set_option(argv, "--iters", TRAIN_ITERS)
+            # else the recipe's own length in epochs (finetune, fast, detection): kept, over a few images
+            if "--iters" in argv:
+                set_option(argv, "--eval-every", TRAIN_ITERS)
+            set_option(argv, "--batch-size", 4 if a.data in DETECTION_DATA else 8)
+            if a.data in ("fashion-mnist", "synthetic", "cifar10", "cifar100"):
+                set_option(argv, "--subset", FEW_IMAGES)
+            cap_option(argv, "--eval-subset", FEW_IMAGES)
+            if not (a.init or a.backbone_weights):
+                set_option(argv, "--base-width", 4)
+            set_option(argv, "--num-workers", 0, only_if_missing=True)
+            set_option(argv, "--device", TEST_DEVICE, only_if_missing=True)
+        elif self.command == "reproduce":
+            set_option(argv, "--budget", REPRODUCE_BUDGET)
+            cap_option(argv, "--seeds", 2)
+            set_option(argv, "--device", TEST_DEVICE, only_if_missing=True)
+        elif self.command in ("eval", "analyze"):
+            set_option(argv, "--workers" if self.command == "eval" else "--images",
+                       0 if self.command == "eval" else 32, only_if_missing=self.command == "eval")
+        elif self.command == "data" and a.dataset == "fashion-scenes":
+            set_option(argv, "--train", 8)
+            set_option(argv, "--val", 4)
+            set_option(argv, "--size", 64)
+        if self.command in ("train", "reproduce", "eval") and a.data == "fashion-scenes" and not a.data_dir:
+            argv += ["--data-dir", str(self.artefacts.scenes())]  # else the default 2,000 scenes are generated
+
+    def prepare(self) -> list[str]:
+        self.materialise()
+        self.budget()
+        return self.argv
+
+    # what the run left ------------------------------------------------------------------------------------
+    def check(self, cwd: Path, output: str) -> None:
+        a = self.args
+        out = getattr(a, "out", None)
+        if self.command == "train":
+            run = Path(a.resume or out or next((cwd / "runs").iterdir()))
+            assert (run / "config.json").is_file() and (run / "checkpoints" / "last.safetensors").exists()
+        elif self.command == "reproduce":
+            assert (Path(out) / "report.md").is_file() if out else next(cwd.rglob("report.md"), None)
+        elif self.command == "data" and a.dataset == "fashion-scenes":
+            home = Path(a.data_dir) if a.data_dir else Path(os.environ["RESNET_DATA"])
+            assert (Path(a.out or home / "fashion-scenes") / "scenes.json").is_file()
+        elif out:
+            assert Path(out).exists(), f"{out} not written"
+        if self.command == "predict":
+            assert "%" in output
+        if self.command == "weights":
+            assert "resnet18" in output and "torchvision-v1" in output
+
+
+def producers() -> dict[str, str]:
+    """README training lines by the run directory they write (`--out`), so later lines use their output."""
+    found = {}
+    for line in offline_lines():
+        argv = resnet_argv(line)
+        if argv[0] == "train" and "--out" in argv:
+            found.setdefault(option(argv, "--out"), line)
+    return found
+
+
+_produced: dict[str, Path] = {}
+
+
+def produced(line: str, artefacts: Artefacts, producers: dict[str, str], cwd: Path | None = None) -> Path:
+    """Run a training line once (in its own folder) and return the run directory it wrote."""
+    if line not in _produced:
+        cwd = cwd or Path(artefacts.root / f"line{len(_produced)}")
+        cwd.mkdir(parents=True, exist_ok=True)
+        _produced[line] = cwd / option(resnet_argv(line), "--out")
+        run_line(line, artefacts, producers, cwd)
+    return _produced[line]
+
+
+def run_line(line: str, artefacts: Artefacts, producers: dict[str, str], cwd: Path,
+             capsys: pytest.CaptureFixture | None = None) -> None:
+    before = Path.cwd()
+    os.chdir(cwd)
+    try:
+        readme = Line(line, artefacts, producers)
+        argv = readme.prepare()
+        code = main(argv)
+        output = ""
+        if capsys is not None:
+            captured = capsys.readouterr()
+            output = captured.out + captured.err
+            print(output)
+        assert code == 0, f"{line}\nran as: resnet {shlex.join(argv)}\nexit status {code}\n{output[-3000:]}"
+        readme.check(cwd, output)
+    finally:
+        os.chdir(before)
+
+
+@pytest.fixture
+def environment(artefacts, tmp_path, monkeypatch):
+    """Data, caches and weights in tmp_path: $RESNET_DATA holds the tiny Fashion-MNIST, $TORCH_HOME the weights
+    a line names, $HOME and $XDG_CACHE_HOME nothing yet."""
+    data = tmp_path / "data"
+    shutil.copytree(artefacts.fashion(), data / "fashion-mnist")
+    for name, value in (("RESNET_DATA", data), ("TORCH_HOME", tmp_path / "torch"),
+                        ("XDG_CACHE_HOME", tmp_path / "cache"), ("HOME", tmp_path / "home")):
+        Path(value).mkdir(exist_ok=True)
+        monkeypatch.setenv(name, str(value))
+    work = tmp_path / "work"
+    work.mkdir()
+    return work
+
+
+@pytest.mark.parametrize("line", offline_lines())
+def test_readme_command_runs(line, artefacts, environment, capsys):
+    """Exit status 0 and what the command writes, with the placeholders made and small budgets (see the top)."""
+    if resnet_argv(line)[:2] == ["data", "fashion-mnist"] and \
+            not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file():
+        pytest.skip("`resnet data fashion-mnist` needs the real files (Debian's dataset-fashion-mnist) offline")
+    table = producers()
+    if line in table.values() and line in _produced:  # already run as the input of a later line
+        assert (_produced[line] / "config.json").is_file()
+        return
+    if line in table.values():
+        produced(line, artefacts, table, cwd=environment)
+        return
+    run_line(line, artefacts, table, environment, capsys)
