@@ -18,6 +18,7 @@ How a README line becomes a run (`prepare`), as general rules rather than a list
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -399,9 +400,10 @@ class Line:
             set_option(argv, "--budget", REPRODUCE_BUDGET)
             cap_option(argv, "--seeds", 2)
             set_option(argv, "--device", TEST_DEVICE, only_if_missing=True)
-        elif self.command in ("eval", "analyze"):
-            set_option(argv, "--workers" if self.command == "eval" else "--images",
-                       0 if self.command == "eval" else 32, only_if_missing=self.command == "eval")
+        elif self.command == "eval":
+            set_option(argv, "--workers", 0, only_if_missing=True)
+        elif self.command == "analyze":
+            cap_option(argv, "--images", 32)
         elif self.command == "data" and a.dataset == "fashion-scenes":
             set_option(argv, "--train", 8)
             set_option(argv, "--val", 4)
@@ -420,12 +422,20 @@ class Line:
         out = getattr(a, "out", None)
         if self.command == "train":
             run = Path(a.resume or out or next((cwd / "runs").iterdir()))
-            assert (run / "config.json").is_file() and (run / "checkpoints" / "last.safetensors").exists()
+            assert (run / "checkpoints" / "last.safetensors").exists()
+            config = json.loads((run / "config.json").read_text())
+            if a.init:  # the run records the weights it started from
+                assert config["init"]["given"] == a.init
+            if a.resume:  # the stopped run went on to its last step
+                rows = (run / "metrics.jsonl").read_text().splitlines()
+                assert json.loads(rows[-1])["step"] == config["recipe"]["iters"]
         elif self.command == "reproduce":
             assert (Path(out) / "report.md").is_file() if out else next(cwd.rglob("report.md"), None)
         elif self.command == "data" and a.dataset == "fashion-scenes":
             home = Path(a.data_dir) if a.data_dir else Path(os.environ["RESNET_DATA"])
             assert (Path(a.out or home / "fashion-scenes") / "scenes.json").is_file()
+        elif self.command == "data":
+            assert "present" in output or "generated" in output, output
         elif out:
             assert Path(out).exists(), f"{out} not written"
         if self.command == "predict":  # a line for each image file (class probabilities, or detections)
@@ -447,13 +457,14 @@ def producers() -> dict[str, str]:
 _produced: dict[str, Path] = {}
 
 
-def produced(line: str, artefacts: Artefacts, producers: dict[str, str], cwd: Path | None = None) -> Path:
+def produced(line: str, artefacts: Artefacts, producers: dict[str, str], cwd: Path | None = None,
+             capsys: pytest.CaptureFixture | None = None) -> Path:
     """Run a training line once (in its own folder) and return the run directory it wrote."""
     if line not in _produced:
         cwd = cwd or Path(artefacts.root / f"line{len(_produced)}")
         cwd.mkdir(parents=True, exist_ok=True)
         _produced[line] = cwd / option(resnet_argv(line), "--out")
-        run_line(line, artefacts, producers, cwd)
+        run_line(line, artefacts, producers, cwd, capsys)
     return _produced[line]
 
 
@@ -502,6 +513,6 @@ def test_readme_command_runs(line, artefacts, environment, capsys):
         assert (_produced[line] / "config.json").is_file()
         return
     if line in table.values():
-        produced(line, artefacts, table, cwd=environment)
+        produced(line, artefacts, table, cwd=environment, capsys=capsys)
         return
     run_line(line, artefacts, table, environment, capsys)
