@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import learnable_images
 from helpers import TEST_DEVICE, write_idx
 from PIL import Image
 
@@ -133,17 +134,6 @@ def test_readme_python_runs(tiny_fashion, tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- artefacts, made once
 
 
-def learnable(n: int, seed: int, size: int = 28, classes: int = 4):
-    """Noisy images whose class is a bright horizontal band at a class-specific height (as conftest's)."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, classes, n)
-    images = rng.integers(0, 80, (n, size, size))
-    band = size // classes
-    for i, label in enumerate(labels):
-        images[i, label * band:(label + 1) * band, :] += 150
-    return images.astype(np.uint8), labels.astype(np.uint8)
-
-
 def image(label: int, seed: int, size: int = 28) -> Image.Image:
     rng = np.random.default_rng(seed)
     array = rng.integers(0, 80, (size, size, 3))
@@ -179,7 +169,7 @@ class Artefacts:
         folder = self.root / "fashion-mnist"
         folder.mkdir()
         for stem, n, seed in (("train", 512, 0), ("t10k", 128, 1)):
-            images, labels = learnable(n, seed)
+            images, labels = learnable_images(n, seed)
             write_idx(folder / f"{stem}-images-idx3-ubyte.gz", images)
             write_idx(folder / f"{stem}-labels-idx1-ubyte.gz", labels)
         return folder
@@ -361,16 +351,13 @@ class Line:
                         write_image(Path(value) / f"{j}.png", seed=j)
                     write_image(Path(value) / "more" / "3.jpg", seed=3)
         if self.command == "convert" and not Path(a.src).exists():
-            if a.src.endswith(".th"):
+            if a.src.endswith(".th"):  # akamaster's file, from ../shared/weights
+                from resnet.weights import WEIGHTS
+
                 self.checkpoint(f"{a.model}.akamaster-cifar10")
-                place(self.artefacts_file(a.model), Path(a.src))
+                place(WEIGHTS[f"{a.model}.akamaster-cifar10"].cache_path(), Path(a.src))
             else:
                 place(self.artefacts.state_dict(a.model), Path(a.src))
-
-    def artefacts_file(self, model: str) -> Path:
-        from resnet.weights import WEIGHTS
-
-        return WEIGHTS[f"{model}.akamaster-cifar10"].cache_path()
 
     # budgets ----------------------------------------------------------------------------------------------
     def budget(self) -> None:
