@@ -6,7 +6,7 @@ Each run is a real `resnet train` process evaluating on the whole test set once 
 each metrics row appears. A run stops when every target is reached, at the end of its schedule, or at its time cap
 (SIGTERM: it saves and exits). A one-cycle schedule peaks at its end, so the fast recipe runs at a length for each
 target (`--fast-epochs`). Writes benchmarks/results/time_to_accuracy.json.
-Usage: python benchmarks/bench_time_to_accuracy.py [--fast-epochs 18 50] [--baseline-minutes 20]
+Usage: python benchmarks/bench_time_to_accuracy.py [--fast-epochs 16 45] [--baseline-minutes 10]
 """
 
 from __future__ import annotations
@@ -77,11 +77,11 @@ def timed_run(model: str, recipe: str, extra: list[str], minutes: float, out: Pa
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="resnet20")
-    p.add_argument("--fast-epochs", type=int, nargs="+", default=[18, 50],
-                   help="lengths of the fast recipe's runs (one-cycle peaks at its end; default: 18 50)")
+    p.add_argument("--fast-epochs", type=int, nargs="+", default=[16, 45],
+                   help="lengths of the fast recipe's runs (one-cycle peaks at its end; default: 16 45)")
     p.add_argument("--fast-minutes", type=float, default=35.0, help="time cap of each fast run (default: 35)")
-    p.add_argument("--baseline-minutes", type=float, default=20.0,
-                   help="time cap of the paper-cifar run (its 64k iterations take hours; default: 20)")
+    p.add_argument("--baseline-minutes", type=float, default=10.0,
+                   help="time cap of the paper-cifar run (its 64k iterations take hours; default: 10)")
     p.add_argument("--skip-baseline", action="store_true")
     args = p.parse_args()
     result = {"cpu": cpu_model(), "cores": usable_cpus(), "native_bf16": precision.cpu_has_native_bf16(),

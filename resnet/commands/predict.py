@@ -9,7 +9,6 @@ does; the others are predicted. The exit status is 2 only when no file could be 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

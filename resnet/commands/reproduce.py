@@ -23,33 +23,12 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import math
 import shlex
 import sys
 
+from resnet.commands.options import positive_float, positive_int
+
 EXPERIMENTS = ("table6", "shortcuts", "fig7", "degradation", "detection")
-
-
-def positive_int(text: str) -> int:
-    """An integer of at least 1 (argparse type: a bad value is refused before anything is written)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """A finite number above 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be a finite number above 0")
-    return value
 
 
 def cifar_depth(text: str) -> int:

@@ -15,7 +15,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import typing
 from dataclasses import fields
 
 from resnet.commands.options import add_model_options, model_options

@@ -10,7 +10,6 @@ ones; another budget is refused. The report puts box (and mask) AP of both besid
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 

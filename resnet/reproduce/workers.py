@@ -22,7 +22,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 STOP_GRACE = 30.0  # seconds a worker gets to save its checkpoint and exit after the first signal
 KILL_GRACE = 10.0  # then seconds after the second signal (stop without saving) before SIGKILL

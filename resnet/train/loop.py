@@ -20,10 +20,13 @@ from resnet.checkpoint import check_finite, has_checkpoint
 from resnet.device import resolve_device
 from resnet.models import get_spec
 from resnet.train import distributed, finetune, rundir
-from resnet.train.classification import ClassificationTask, evaluate, make_data, make_model  # noqa: F401 (API)
-from resnet.train.engine import Trainer, evaluation_due  # noqa: F401 (API)
+from resnet.train.classification import ClassificationTask, evaluate, make_data, make_model
+from resnet.train.engine import Trainer, evaluation_due
 from resnet.train.recipes import Recipe, recipe_from_dict
-from resnet.train.stops import Interrupted, StopFlag, StopNow, TrainingDiverged  # noqa: F401 (API)
+from resnet.train.stops import Interrupted, StopFlag, StopNow, TrainingDiverged
+
+__all__ = ["train", "run", "read_config", "Interrupted", "TrainingDiverged", "StopFlag", "StopNow",  # the loop's API
+           "evaluate", "evaluation_due", "make_data", "make_model"]
 
 
 def train(model: str | None = None, data: str | None = None, *, recipe: Recipe | None = None,

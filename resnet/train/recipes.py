@@ -130,7 +130,7 @@ RECIPES: dict[str, Recipe] = {
     # over 15%, then linear decay to 0) at 2x the linearly scaled lr, Nesterov, label smoothing 0.1, no weight
     # decay on BN and biases, flip TTA, all 60k/50k training images. Measured on the validation split: see
     # README, "Time to accuracy".
-    "fast": Recipe(name="fast", batch_size=256, lr=0.4, weight_decay=5e-4, iters=None, epochs=18,
+    "fast": Recipe(name="fast", batch_size=256, lr=0.4, weight_decay=5e-4, iters=None, epochs=16,
                    schedule="onecycle", warmup="off", warmup_fraction=0.15, decay_bn_bias=False, nesterov=True,
                    label_smoothing=0.1, tta="flip", val_split=False),
     # Detection, torchvision's references (references/detection, Faster R-CNN on COCO): SGD lr 0.02 for 16 images
