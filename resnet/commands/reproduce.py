@@ -77,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     if detection != (data in ("fashion-scenes", "coco")):
         raise ValueError(f"--data {data}: the detection experiment runs on fashion-scenes or coco, the others on "
                          f"cifar10 or fashion-mnist")
-    if not detection and (args.masks or args.pretrained):
+    masks, pretrained = getattr(args, "masks", False), getattr(args, "pretrained", None)  # `resnet demo` has neither
+    if not detection and (masks or pretrained):
         raise ValueError("--masks and --pretrained apply to the detection experiment only")
     try:
         if detection:
@@ -86,8 +87,8 @@ def run(args: argparse.Namespace) -> int:
             if args.depths and len(args.depths) > 1:
                 raise ValueError("--depths: the detection experiment compares one depth (plain vs residual)")
             reproduce_detection(data, budget=args.budget, depth=args.depths[0] if args.depths else None,
-                                masks=args.masks, out=args.out, device=args.device, data_dir=args.data_dir,
-                                pretrained=args.pretrained, progress=args.progress, command=command)
+                                masks=masks, out=args.out, device=args.device, data_dir=args.data_dir,
+                                pretrained=pretrained, progress=args.progress, command=command)
             return 0
         reproduce(args.experiment, data, depths=args.depths, budget=args.budget, seeds=args.seeds,
                   jobs=args.jobs, out=args.out, device=args.device, data_dir=args.data_dir,
