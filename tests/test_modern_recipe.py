@@ -315,3 +315,15 @@ def test_training_flip_tta_is_what_eval_tta_flip_gives(tiny_fashion, tmp_path, c
     member = result["members"][0]
     assert member["top1_error"] == pytest.approx(row["test_top1_error"])
     assert member["loss"] == pytest.approx(row["test_loss"], rel=1e-4)
+
+
+def test_an_init_run_names_the_weights_it_starts_from(tiny_fashion, tmp_path, capsys):
+    first = tmp_path / "first"
+    train("resnet20", "fashion-mnist", data_dir=str(tiny_fashion), recipe=tiny_recipe(iters=2, eval_every=2),
+          out=first, model_options=TINY, progress=False)
+    capsys.readouterr()
+    train("resnet20", "fashion-mnist", data_dir=str(tiny_fashion), recipe=tiny_recipe(iters=2, eval_every=2),
+          out=tmp_path / "second", progress=False, init=first)
+    out = capsys.readouterr().out
+    assert f"init: starting from the weights {first}" in out
+    assert json.loads((tmp_path / "second" / "config.json").read_text())["init"]["given"] == str(first)

@@ -42,7 +42,7 @@ def fit_mean(mean: torch.Tensor | None, data_mean: torch.Tensor) -> torch.Tensor
 
 def load_init(net: nn.Module, pretrained: Pretrained, data_mean: torch.Tensor) -> list[str]:
     """Load the init weights into a new run's net; returns the notes to print (classifier, channels, input)."""
-    notes = fit(net, pretrained)
+    notes = [f"init: starting from the weights {pretrained.source}"] + fit(net, pretrained)
     net.input_mean = fit_mean(net.input_mean, data_mean)
     net.meta = {**(getattr(net, "meta", None) or {}), "init": pretrained.source}
     if net.input_std is not None:
