@@ -25,8 +25,17 @@ class Task(Protocol):
     def setup(self, dist, device: torch.device) -> None:
         """Read the data (fills the three loader attributes)."""
 
-    def build_model(self) -> nn.Module:
-        """The network to train, on the CPU, with `.meta` for its checkpoints."""
+    def build_model(self) -> tuple[nn.Module, list[str]]:
+        """The network to train, on the CPU, with `.meta` for its checkpoints; and notes to print (init weights)."""
+
+    def model_ready(self, net: nn.Module, resumed: tuple | None) -> None:
+        """Called once the weights are in place (`resumed`: the checkpoint's (meta, input mean), or None)."""
+
+    def param_groups(self, net: nn.Module) -> list:
+        """The optimiser's parameter groups (lr multipliers, no weight decay on BN and biases, frozen left out)."""
+
+    def summary(self) -> str:
+        """A few words for the first line of a run ("10 classes")."""
 
     def describe(self) -> list[str]:
         """Lines printed at the start of a run (the input, the task's settings)."""
@@ -46,3 +55,6 @@ class Task(Protocol):
 
     def window_row(self, loss_sum: float, wrong: float, count: float) -> dict:
         """The training fields of a metrics row from the window's totals."""
+
+    def plot(self, rows: list[dict], path, title: str) -> None:
+        """Redraw the run's curves.png from its metrics rows."""
