@@ -40,11 +40,10 @@ class DetectionTask:
     def setup(self, dist: distributed.Dist, device: torch.device) -> None:
         self.device = device
         per_process = self.recipe.batch_size // dist.world_size
-        self.train_loader, self.final_loaders, self.info = build_detection_data(
+        self.train_loader, self.val_loaders, self.info = build_detection_data(
             self.data, self.data_dir, per_process, seed=self.recipe.seed, rank=dist.rank,
             world_size=dist.world_size, masks=bool(self.detector.get("masks")), num_workers=self.recipe.num_workers,
             device=device)
-        self.eval_loaders = dict(self.final_loaders)  # the same loaders; scored on `eval_subset` images (evaluate)
 
     def build_model(self) -> tuple[nn.Module, list[str]]:
         few = FEW_OBJECTS if self.data == "fashion-scenes" else {}
@@ -83,13 +82,12 @@ class DetectionTask:
         stats = torch.stack([loss.detach().double() * n, torch.zeros_like(n), n])
         return loss, stats
 
-    def evaluate(self, model: nn.Module, loaders: dict, autocast: Callable) -> dict:
-        """COCO AP per split; evaluations during training score `eval_subset` images, the last one all."""
+    def evaluate(self, model: nn.Module, final: bool, autocast: Callable) -> dict:
+        """COCO AP per split; evaluations during training score `eval_subset` images, the `final` one all."""
         row = {}
-        final = loaders is self.final_loaders
-        for key, loader in loaders.items():
-            limit = None if final else self.recipe.eval_subset
-            metrics = evaluate_detector(model, loader, device=self.device, limit=limit)
+        for key, loader in self.val_loaders.items():
+            metrics = evaluate_detector(model, loader, device=self.device,
+                                        limit=None if final else self.recipe.eval_subset)
             row.update({f"{key}_{k}": None if v != v else v for k, v in metrics.items()})  # NaN (no such boxes): null
         return row
 

@@ -3,15 +3,12 @@
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict
 from pathlib import Path
 
 from resnet.checkpoint import has_checkpoint
 from resnet.detection.models import HEADS
 from resnet.detection.task import DETECTOR_FIELDS, DetectionTask
-from resnet.models import get_spec
-from resnet.train.loop import read_config, recipe_from_config, run
+from resnet.train.loop import new_config, read_config, recipe_from_config, run
 from resnet.train.recipes import Recipe, get_recipe
 
 
@@ -27,23 +24,16 @@ def train_detector(backbone: str | None = None, data: str | None = None, *, head
     file) freezes BN and trains the last `trainable_stages` stages; `resume` continues a detection run directory.
     """
     if resume is not None:
-        run_dir, config = read_config(Path(resume), out)
-        if config.get("task") != "detection":
-            raise ValueError(f"{run_dir} is a classification run: resume it with resnet.train.train(resume=...)")
+        run_dir, config = read_config(Path(resume), out, task="detection")
         recipe = recipe_from_config(config, run_dir)
     else:
-        if backbone is None or data is None:
-            raise ValueError("give the backbone (--model) and --data (or --resume RUN_DIR)")
-        get_spec(backbone)
         if head not in HEADS:
             raise ValueError(f"invalid --head {head!r}; allowed: {', '.join(HEADS)}")
-        recipe = (recipe or get_recipe("detection")).validate()
-        run_dir = Path(out) if out else Path("runs") / f"{head}-{backbone}-{data}-{time.strftime('%Y%m%d-%H%M%S')}"
-        detector = {"head": head, "masks": bool(masks), "trainable_stages": trainable_stages,
-                    "backbone_weights": str(backbone_weights) if backbone_weights is not None else None}
-        config = {"task": "detection", "model": backbone, "data": data, "detector": detector,
-                  "model_options": dict(model_options or {}), "recipe": asdict(recipe),
-                  "data_dir": str(Path(data_dir).expanduser().resolve()) if data_dir else None}
+        run_dir, config, recipe = new_config(backbone, data, recipe or get_recipe("detection"), out, data_dir,
+                                             model_options, None, name=f"{head}-{backbone}-{data}")
+        config = {"task": "detection", **config, "detector": {
+            "head": head, "masks": bool(masks), "trainable_stages": trainable_stages,
+            "backbone_weights": str(backbone_weights) if backbone_weights is not None else None}}
     detector = {k: config["detector"].get(k) for k in DETECTOR_FIELDS}
 
     def make_task(recipe: Recipe) -> DetectionTask:

@@ -215,9 +215,9 @@ class ClassificationTask:
                                  torch.tensor(len(y), dtype=torch.float64, device=y.device)])
         return loss, stats
 
-    def evaluate(self, model: nn.Module, loaders: dict, autocast: Callable) -> dict:
+    def evaluate(self, model: nn.Module, final: bool, autocast: Callable) -> dict:
         row = {}
-        for key, loader in loaders.items():
+        for key, loader in (self.final_loaders if final else self.eval_loaders).items():
             result = evaluate(model, loader, self.device, autocast, self.recipe.tta, self.flip_shift)
             row.update({f"{key}_{k}": v for k, v in result.items()})
         return row

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -57,6 +58,26 @@ class EMAState:
         self.net.load_state_dict(state["train_weights"])
 
 
+@dataclass
+class Checkpoint:
+    """The last checkpoint of a run being resumed: its weights file and what it holds."""
+
+    file: Path
+    weights: dict
+    meta: dict
+    mean: torch.Tensor | None
+    state: dict
+
+
+def read_checkpoint(ckpt_dir: Path) -> Checkpoint:
+    """The run's last checkpoint, refused in one line when its weights (or raw EMA-run weights) hold NaN/inf."""
+    file, state = last_checkpoint(ckpt_dir)
+    weights, meta, mean = load_weights(file)
+    check_finite(weights, str(file))
+    check_finite(state.get("ema", {}).get("train_weights", {}), str(file.parent))
+    return Checkpoint(file, weights, meta, mean, state)
+
+
 class Trainer:
     """A run of `task` with `recipe` in `run_dir`: a new directory (`fresh`), or one being resumed, from its last
     checkpoint (`restore`) or, when it never saved one, from the start."""
@@ -70,11 +91,12 @@ class Trainer:
         self.progress_flag = progress
         self.ckpt_dir = run_dir / "checkpoints"
         self.say = print if dist.is_main else (lambda *a, **k: None)
-        self._build_model()
+        checkpoint = read_checkpoint(self.ckpt_dir) if restore else None
+        self._build_model(checkpoint)
         self._build_optimiser(warmup)
         self.state = TrainState(device)
-        if restore:
-            self._restore()
+        if checkpoint is not None:
+            self.state.load_state_dict(checkpoint.state, self.components())
         self.saved = self.state.step if restore else None  # step of the last checkpoint on disk
         self.guard = NonFiniteGuard(device, self.state.step)
         self.last_row: dict = {}
@@ -83,21 +105,12 @@ class Trainer:
 
     # ------------------------------------------------------------------------- set-up
 
-    def _build_model(self) -> None:
+    def _build_model(self, checkpoint: Checkpoint | None) -> None:
         task, recipe, device = self.task, self.recipe, self.device
         self.net, notes = task.build_model()
         for note in notes:
             self.say(note)
-        self.saved_meta = None
-        if self.restore:  # the weights now, the rest of the state once the optimiser exists
-            self.weights_file, self.saved_state = last_checkpoint(self.ckpt_dir)
-            weights, self.saved_meta, saved_mean = load_weights(self.weights_file)
-            check_finite(weights, str(self.weights_file))
-            check_finite(self.saved_state.get("ema", {}).get("train_weights", {}), str(self.weights_file.parent))
-            self.resumed_weights = weights
-            task.model_ready(self.net, (self.saved_meta, saved_mean))
-        else:
-            task.model_ready(self.net, None)
+        task.model_ready(self.net, None if checkpoint is None else (checkpoint.meta, checkpoint.mean))
         self.channels_last = precision.channels_last(device, recipe.channels_last)
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         self.net = self.net.to(device, memory_format=fmt)
@@ -109,11 +122,10 @@ class Trainer:
         self.step_model = torch.compile(ddp) if recipe.compile else ddp
         self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema_decay), use_buffers=True) \
             if recipe.ema_decay > 0 else None
-        if self.restore:
+        if checkpoint is not None:  # into the EMA when there is one (the raw weights come with the state)
             target = self.ema.module if self.ema is not None else self.net
-            load_state_dict_checked(target, self.resumed_weights, str(self.weights_file),
+            load_state_dict_checked(target, checkpoint.weights, str(checkpoint.file),
                                     f"{self.config['model']} ({self.config['data']})")
-            del self.resumed_weights
         self.eval_model = self.ema.module if self.ema is not None else self.step_model
 
     def _build_optimiser(self, warmup: bool) -> None:
@@ -136,10 +148,6 @@ class Trainer:
         if self.ema is not None:
             parts["ema"] = EMAState(self.ema, self.net)
         return parts
-
-    def _restore(self) -> None:
-        self.state.load_state_dict(self.saved_state, self.components())
-        del self.saved_state
 
     def autocast(self):
         return precision.autocast(self.device, self.amp_dtype)
@@ -260,8 +268,7 @@ class Trainer:
         loss_sum, wrong, count = distributed.all_reduce_sum(s.window.clone()).tolist()
         row = {"epoch": round(s.epoch + s.batch_in_epoch / self.steps_per_epoch, 3), "step": s.step,
                "lr": self.schedule.lr(s.step - 1), **task.window_row(loss_sum, wrong, count)}
-        loaders = task.final_loaders if s.step == self.total_steps else task.eval_loaders  # the last reads all
-        row.update(task.evaluate(self.eval_model, loaders, self.autocast))
+        row.update(task.evaluate(self.eval_model, s.step == self.total_steps, self.autocast))  # the last reads all
         row["images_per_sec"] = count / max(s.elapsed - s.window_start, 1e-9)
         row["wall_time"] = s.elapsed
         selection = task.selection_error(row)

@@ -41,15 +41,12 @@ def train(model: str | None = None, data: str | None = None, *, recipe: Recipe |
     `overwrite`. `stop_after` (testing) stops as if interrupted after that many steps of this call.
     """
     if resume is not None:  # a model, data or data_dir given with it are checked against the checkpoint
-        run_dir, config = read_config(Path(resume), out)
-        if config.get("task", "classification") != "classification":
-            raise ValueError(f"{run_dir} is a {config['task']} run: resume it with `resnet train --resume {run_dir}` "
-                             f"(or resnet.detection.train_detector(resume=...))")
+        run_dir, config = read_config(Path(resume), out, task="classification")
         config.update(model=model or config["model"], data=data or config["data"],
                       data_dir=data_dir or config.get("data_dir"))
+        recipe = recipe_from_config(config, run_dir)
     else:
-        run_dir, config = new_config(model, data, recipe, out, data_dir, model_options, init)
-    recipe = recipe_from_config(config, run_dir) if resume is not None else recipe.validate() if recipe else Recipe()
+        run_dir, config, recipe = new_config(model, data, recipe or Recipe(), out, data_dir, model_options, init)
     restore = resume is not None and has_checkpoint(run_dir / "checkpoints")  # else: a run that never saved starts
     pretrained, init_notes = None, []
     if config.get("init") and not restore:  # a new run from weights (or one that never saved: from them again)
@@ -87,22 +84,25 @@ def run(make_task, config: dict, run_dir: Path, recipe: Recipe, *, fresh: bool, 
     return trainer.fit()
 
 
-def new_config(model, data, recipe, out, data_dir, model_options, init) -> tuple[Path, dict]:
-    """A new run's directory and config.json contents; fails on a bad model name before any data is read."""
+def new_config(model: str | None, data: str | None, recipe: Recipe, out, data_dir, model_options, init,
+               name: str | None = None) -> tuple[Path, dict, Recipe]:
+    """A new run's directory (`out`, else runs/NAME-TIME with NAME model-data), config.json contents and checked
+    recipe; fails on a bad model name or option before any data is read."""
     if model is None or data is None:
         raise ValueError("give --model and --data (or --resume RUN_DIR)")
     get_spec(model)
-    recipe = (recipe or Recipe()).validate()
-    run_dir = Path(out) if out else Path("runs") / f"{model}-{data}-{time.strftime('%Y%m%d-%H%M%S')}"
+    recipe = recipe.validate()
+    run_dir = Path(out) if out else Path("runs") / f"{name or f'{model}-{data}'}-{time.strftime('%Y%m%d-%H%M%S')}"
     config = {"model": model, "data": data, "model_options": dict(model_options or {}), "recipe": asdict(recipe),
               "data_dir": str(Path(data_dir).expanduser().resolve()) if data_dir else None}  # resumable anywhere
     if init is not None:
         config["init"] = {"given": str(init), "weights": None}  # the weights' own name once they are read
-    return run_dir, config
+    return run_dir, config, recipe
 
 
-def read_config(run_dir: Path, out: str | Path | None) -> tuple[Path, dict]:
-    """The run directory being resumed and its config.json; one line naming the file when it is unusable."""
+def read_config(run_dir: Path, out: str | Path | None, task: str | None = None) -> tuple[Path, dict]:
+    """The run directory being resumed and its config.json; one line naming the file when it is unusable, or
+    when it is a run of another task than `task`."""
     if out is not None and Path(out).resolve() != run_dir.resolve():
         raise ValueError(f"--out {out} with --resume: a resumed run continues in its own directory {run_dir}")
     path = run_dir / "config.json"
@@ -115,6 +115,10 @@ def read_config(run_dir: Path, out: str | Path | None) -> tuple[Path, dict]:
     missing = [key for key in ("model", "data", "recipe") if not isinstance(config, dict) or key not in config]
     if missing:
         raise ValueError(f"{path}: no {', '.join(missing)} in it; the run cannot be resumed")
+    found = config.get("task", "classification")
+    if task is not None and found != task:
+        raise ValueError(f"{run_dir} is a {found} run, not a {task} one: resume it with `resnet train --resume "
+                         f"{run_dir}`")
     config.setdefault("model_options", {})
     return run_dir, config
 

@@ -2,7 +2,7 @@
 first implementation, detection (resnet/detection/task.py) the second; the engine knows nothing else of either.
 
 A task owns its data (a training loader with `len()` and `set_epoch(epoch, start_batch)` for exact resume, and
-held-out loaders by split name), builds the network, turns a batch into a loss, and computes and names an
+its held-out splits), builds the network, turns a batch into a loss, and computes and names an
 evaluation. The engine owns the optimiser, schedule, EMA, checkpoints, signals, progress and the run directory.
 """
 
@@ -19,11 +19,9 @@ class Task(Protocol):
 
     name: str  # "classification", "detection": recorded in config.json
     train_loader: Any  # len() batches per process, set_epoch(epoch, start_batch), yields batches
-    eval_loaders: dict  # split name -> loader for the evaluations during training (maybe a sample)
-    final_loaders: dict  # split name -> loader for the last evaluation (every held-out image)
 
     def setup(self, dist, device: torch.device) -> None:
-        """Read the data (fills the three loader attributes)."""
+        """Read the data (fills `train_loader`; the held-out data stays the task's own)."""
 
     def build_model(self) -> tuple[nn.Module, list[str]]:
         """The network to train, on the CPU, with `.meta` for its checkpoints; and notes to print (init weights)."""
@@ -44,8 +42,9 @@ class Task(Protocol):
         """(loss to back-propagate, window statistics [loss sum, wrong, count] as float64 on the device).
         Must not wait for the device (no .item())."""
 
-    def evaluate(self, model: nn.Module, loaders: dict, autocast: Callable) -> dict:
-        """Metrics over each held-out loader, keys prefixed by the split name ("val_top1_error")."""
+    def evaluate(self, model: nn.Module, final: bool, autocast: Callable) -> dict:
+        """Metrics over each held-out split, keys prefixed by its name ("val_top1_error"); evaluations during
+        training may score a sample (`--eval-subset`), the `final` one scores every held-out image."""
 
     def selection_error(self, row: dict) -> float:
         """The number (lower is better) that picks the `best` checkpoint: validation, else test."""
