@@ -49,6 +49,8 @@ FIELD_HELP = {
     "style": "folder/imagenet data: auto (small-image protocol for images up to 64 px), small (CIFAR protocol at "
              "native size: pad 4, random crop, flip) or imagenet (scale augmentation, 224 crops)",
     "image_size": "folder/imagenet data: the network's input side (auto: the images' size, or 224)",
+    "crop_pad": "small images: pixels of zeros padded on each side before the random crop (the paper: 4; 0: no "
+                "crop)",
     "warmup_fraction": "linear lr warm-up over this fraction of training",
     "nesterov": "Nesterov momentum", "label_smoothing": "cross-entropy against one-hot targets smoothed by this",
     "mixup_alpha": "mixup on the batch with Beta(alpha, alpha) (0: off)",

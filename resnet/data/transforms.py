@@ -111,15 +111,16 @@ def _scale_range(image_size: int) -> tuple[int, int]:
     return round(lo * image_size / PAPER_CROP), round(hi * image_size / PAPER_CROP)
 
 
-def train_transform(info: DatasetInfo, mean: torch.Tensor) -> Callable:
-    """The paper's training augmentation for `info.style`: CIFAR pad-crop-flip or ImageNet scale-crop-flip-lighting."""
+def train_transform(info: DatasetInfo, mean: torch.Tensor, crop_pad: int = CIFAR_PAD) -> Callable:
+    """The paper's training augmentation for `info.style`: CIFAR pad-crop-flip (`crop_pad` zeros on each side) or
+    ImageNet scale-crop-flip-lighting."""
     if info.style == "small":
         return _with_min_side(
             v2.Compose(
                 [
                     v2.ToImage(),
                     fit(info.image_size),
-                    v2.RandomCrop(info.image_size, padding=CIFAR_PAD),
+                    v2.RandomCrop(info.image_size, padding=crop_pad),
                     v2.RandomHorizontalFlip(),
                     v2.ToDtype(torch.float32, scale=True),
                     MeanSubtract(mean),

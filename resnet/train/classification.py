@@ -58,7 +58,7 @@ def _tensor_loaders(data, info, mean, recipe, dist, device, split_options):
     if recipe.subset:
         keep = balanced_sample(labels, recipe.subset, recipe.seed)
         images, labels = images[keep], labels[keep]
-    train = TensorLoader(images, labels, mean, per_process, train=True, **common)
+    train = TensorLoader(images, labels, mean, per_process, train=True, pad=recipe.crop_pad, **common)
     evals, finals = {}, {}
     for key, split in held_out_splits(data, recipe.val_split).items():
         images, labels, _ = load_tensors(data, split, **split_options)
@@ -79,7 +79,8 @@ def _file_loaders(data, info, mean, recipe, dist, device, split_options):
     per_process = recipe.batch_size // dist.world_size
     workers = {"num_workers": recipe.num_workers, "device": device, "seed": recipe.seed, "rank": dist.rank,
                "world_size": dist.world_size}
-    dataset = get_dataset(data, "train", transform=train_transform(info, mean), **split_options)
+    dataset = get_dataset(data, "train", transform=train_transform(info, mean, recipe.crop_pad),
+                          **split_options)
     info = dataset.info
     train = build_loader(balanced_subset(dataset, recipe.subset, recipe.seed), per_process, train=True, **workers)
     evals, finals = {}, {}

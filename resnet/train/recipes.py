@@ -50,6 +50,7 @@ class Recipe:
     log_every: int = 50  # iterations between plain log lines when output is not a terminal
     style: str = "auto"  # folder/imagenet data: "small" (CIFAR protocol, native size), "imagenet", or from the images
     image_size: int | None = None  # folder/imagenet data: the network's input side (default: from the data)
+    crop_pad: int = 4  # small images: zeros padded on each side before the random crop ("4 pixels", section 4.2)
     # The modern recipe (not in the paper; each off in the paper's recipes)
     nesterov: bool = False  # Nesterov momentum
     label_smoothing: float = 0.0  # cross-entropy against (1 - e) one-hot + e / classes
@@ -86,7 +87,7 @@ POSITIVE = (1, None, False, False)
 RANGES = {
     **{name: POSITIVE for name in ("batch_size", "iters", "epochs", "subset", "eval_every", "eval_subset",
                                    "plateau_patience", "image_size", "log_every")},
-    "seed": (0, None, False, False), "num_workers": (0, None, False, False), "freeze": (0, None, False, False),
+    "seed": (0, None, False, False), "crop_pad": (0, None, False, False), "num_workers": (0, None, False, False), "freeze": (0, None, False, False),
     "lr": (0.0, None, True, False), "warmup_lr": (0.0, None, True, False), "head_lr_mult": (0.0, None, True, False),
     "momentum": (0.0, 1.0, False, True), "weight_decay": (0.0, None, False, False),
     "warmup_error": (0.0, 1.0, True, False), "warmup_fraction": (0.0, 1.0, False, True),
