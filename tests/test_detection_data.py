@@ -289,3 +289,40 @@ def test_evaluate_detector_on_model_outputs(gt):
     model.index = 0
     shifted = evaluate_detector(model, gt, batch_size=1)
     assert shifted["box_AP"] == 0 and shifted["mask_AP"] == 0
+
+
+def _score_shard(rank: int, dataset_args: tuple, port: int, out: str) -> None:
+    """One of two Gloo processes: score its image (rank 0 perfect, rank 1 shifted off) and write the metrics."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        shard = torch.utils.data.Subset(CocoDetection(*dataset_args, masks=True), [rank])
+        model = GroundTruthDetector(shard, dx=10.0 * rank)
+        model.index = 0
+        metrics = evaluate_detector(model, shard, batch_size=1)
+        Path(out, f"{rank}.json").write_text(json.dumps(metrics))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_evaluate_detector_scores_every_process_shard_together(gt, tmp_path):
+    """Under torchrun each process evaluates its shard; COCOeval must see all of them, and every rank the same."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_score_shard, args=((gt.annotation_file, gt.image_folder), port, str(tmp_path)), nprocs=2)
+    ranks = [json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1] and ranks[0]["images"] == 2
+    alone = []  # the same detections scored in one process: rank 0's image right, rank 1's off by half a box
+    for image, dx in ((0, 0.0), (1, 10.0)):
+        _, target = gt[image]
+        alone += [{"image_id": int(target["image_id"]), "category_id": gt.category_ids[int(label) - 1],
+                   "bbox": [float(b[0] + dx), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])], "score": 1.0}
+                  for b, label in zip(target["boxes"], target["labels"])]
+    assert ranks[0]["box_AP"] == pytest.approx(coco_metrics(gt.coco, alone)["box_AP"])
+    assert 0 < ranks[0]["box_AP"] < 1

@@ -107,7 +107,13 @@ def evaluate_detector(model: nn.Module, loader_or_dataset, *, device: str | torc
 
     The model runs in eval mode (its mode is restored after); `limit` scores only the first N images.
     With masks, the values have "mask_" keys beside the "box_" ones; "images" counts the images scored.
+    Under torchrun each process runs its shard of the loader and every process scores all of them together.
     """
+    from resnet.train.distributed import all_gather_lists, world_size
+
+    if limit is not None:
+        limit = -(-limit // world_size())  # each process its share of the N
+
     dataset = coco_dataset_of(loader_or_dataset)
     masks = bool(model.roi_heads.has_mask())
     was_training = model.training
@@ -130,6 +136,7 @@ def evaluate_detector(model: nn.Module, loader_or_dataset, *, device: str | torc
         model.train(was_training)
     if progress:
         print()
+    results, image_ids = all_gather_lists(results), all_gather_lists(image_ids)
     metrics = coco_metrics(dataset.coco, results, ("box", "mask") if masks else ("box",), image_ids)
     metrics["images"] = len(image_ids)
     return metrics

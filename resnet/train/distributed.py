@@ -54,6 +54,20 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
+def world_size() -> int:
+    """The number of processes (1 outside torchrun)."""
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def all_gather_lists(items: list) -> list:
+    """Every process's list joined in rank order (the list itself in one process); items must pickle."""
+    if world_size() == 1:
+        return items
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, items)
+    return [item for part in gathered for item in part]
+
+
 class GlobalBatchNorm2d(nn.BatchNorm2d):
     """BN whose training statistics are over the global batch of all processes, on any device.
 
