@@ -384,3 +384,33 @@ def test_killing_one_torchrun_rank_gives_the_survivor_one_line_and_keeps_the_che
     assert len(ours) == 1 and "lost rank 1 of 2" in ours[0] and f"--resume {run}" in ours[0], out[-3000:]
     assert "internal error" not in out
     checkpoint.last_checkpoint(run / "checkpoints")  # kept and consistent
+
+
+# ---- 9. a .gz whose deflate data are corrupt from the start: zlib.error is not an OSError --------------------------
+
+
+def test_a_gz_with_corrupt_deflate_data_is_named_not_a_traceback(tmp_path, monkeypatch, capsys):
+    """Found by benchmarks/fault_pass.py: bytes flipped near the start of a .gz's compressed data make gzip raise
+    zlib.error (not the CRC's BadGzipFile, an OSError), which `resnet data fashion-mnist` showed as a traceback."""
+    from helpers import write_idx
+    from resnet.data import small
+
+    home = tmp_path / "home" / "fashion-mnist"
+    home.mkdir(parents=True)
+    for split, n in (("train", 20), ("t10k", 10)):
+        write_idx(home / f"{split}-images-idx3-ubyte.gz", np.arange(n * 28 * 28).reshape(n, 28, 28) % 7)
+        write_idx(home / f"{split}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    path = home / "t10k-images-idx3-ubyte.gz"
+    data = path.read_bytes()
+    path.write_bytes(data[:12] + bytes(b ^ 0xFF for b in data[12:40]) + data[40:])
+    assert small.idx_damage(path).startswith(f"{path.name} cannot be read as gzip (")
+    assert small.fashion_mismatch(path)[0] == "damaged"
+    with pytest.raises(ValueError, match=f"cannot read IDX file {path}"):
+        small.read_idx(path)
+    monkeypatch.setenv("RESNET_DATA", str(tmp_path / "home"))
+    monkeypatch.setattr(small, "DEBIAN_FASHION_MNIST", tmp_path / "debian")
+    assert main(["data", "fashion-mnist", "--no-apt", "--no-download"]) == 2  # no intact copy anywhere: one line
+    captured = capsys.readouterr()
+    assert f"skipping {home}: {path.name} cannot be read as gzip" in captured.out
+    assert captured.err.count("\n") == 1 and "internal error" not in captured.err
+    assert path.with_name(path.name + ".damaged").exists()

@@ -15,6 +15,7 @@ import pickle
 import struct
 import urllib.error
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -151,7 +152,7 @@ def read_idx(path: Path) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             data = f.read()
-    except (OSError, EOFError) as error:
+    except (OSError, EOFError, zlib.error) as error:  # zlib.error: a corrupt deflate stream (not an OSError)
         raise ValueError(f"cannot read IDX file {path}: {error}") from None
     if len(data) < 4 or data[:2] != b"\0\0" or data[2] != 0x08:
         raise ValueError(f"{path} is not an IDX file of unsigned bytes")
@@ -213,7 +214,7 @@ def idx_damage(path: Path) -> str | None:
         with open(path, "rb") as f:
             f.seek(-4, os.SEEK_END)
             recorded = struct.unpack("<I", f.read(4))[0]  # gzip's ISIZE: the data's length mod 2^32
-    except (OSError, EOFError, struct.error) as error:
+    except (OSError, EOFError, struct.error, zlib.error) as error:
         return f"{path.name} cannot be read as gzip ({str(error).splitlines()[0] or type(error).__name__})"
     if expected is None:
         return f"{path.name} is not an IDX file"
@@ -235,7 +236,7 @@ def fashion_mismatch(path: Path) -> tuple[str, str] | None:
             return None
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as error:
+        except (OSError, EOFError, zlib.error) as error:
             return "damaged", f"{path.name} is corrupt ({str(error).splitlines()[0]})"
     if len(raw) != size:
         return "different", f"{path.name} holds {len(raw):,} bytes of data, the published file {size:,}"
