@@ -97,8 +97,9 @@ def crop_params(batch: torch.Tensor, size: int, pad: int = 4) -> torch.Tensor:
     return torch.tensor(out)
 
 
-def test_tensor_loader_crops_and_flips_like_the_per_image_transform():
-    """Over many samples both give offsets uniform over [0, 8] and flips half the time."""
+@pytest.mark.parametrize("pad", [4, 2])
+def test_tensor_loader_crops_and_flips_like_the_per_image_transform(pad):
+    """Over many samples both give offsets uniform over [0, 2 * pad] and flips half the time."""
     from torchvision import tv_tensors
 
     from resnet.data import DatasetInfo
@@ -108,23 +109,35 @@ def test_tensor_loader_crops_and_flips_like_the_per_image_transform():
     n, size = 3000, 15
     image = (torch.arange(size * size) + 1).reshape(1, size, size).to(torch.uint8)  # value = 1 + row*15 + col
     loader = TensorLoader(image.expand(n, 1, size, size).clone(), torch.zeros(n, dtype=torch.long),
-                          torch.zeros(1, size, size), n, train=True)
+                          torch.zeros(1, size, size), n, train=True, pad=pad)
     batched = next(iter(loader))[0] * 255
     info = DatasetInfo(name="t", classes=["0"], class_names=["0"], channels=1, image_size=size, style="small", root=None)
-    transform = train_transform(info, torch.zeros(1, size, size))
+    transform = train_transform(info, torch.zeros(1, size, size), crop_pad=pad)
     per_image = torch.stack([transform(tv_tensors.Image(image)) for _ in range(n)]) * 255
 
-    uniform = torch.full((9,), 1 / 9)
+    uniform = torch.full((2 * pad + 1,), 1 / (2 * pad + 1))
     for name, sample in (("tensor loader", batched), ("per-image transform", per_image)):
-        params = crop_params(sample, size)
+        params = crop_params(sample, size, pad)
         for axis in (0, 1):
-            counts = torch.bincount(params[:, axis], minlength=9).float() / n
+            counts = torch.bincount(params[:, axis], minlength=2 * pad + 1).float() / n
             assert torch.allclose(counts, uniform, atol=0.03), (name, axis, counts)
         assert 0.45 < params[:, 2].float().mean() < 0.55, name
     # the reader itself is right: it recovers parameters we chose
     chosen = draw_crop_flip(50, 4, torch.Generator().manual_seed(0))
     cropped = random_crop_flip(image.expand(50, 1, size, size), 4, chosen)
     assert torch.equal(crop_params(cropped.float(), size), chosen)
+
+
+def test_the_recipe_crop_pad_reaches_the_training_loader(tiny_fashion):
+    from resnet.train import distributed
+    from resnet.train.classification import make_data
+
+    for pad in (0, 2):
+        recipe = tiny_recipe(crop_pad=pad)
+        train_loader, *_ = make_data("fashion-mnist", str(tiny_fashion), recipe, distributed.Dist(),
+                                     torch.device("cpu"), False)
+        assert train_loader.pad == pad
+    assert get_recipe("fast").crop_pad == 2 and get_recipe("paper-cifar").crop_pad == 4  # the paper's "4 pixels"
 
 
 # ---------------------------------------------------------------- training
