@@ -2,14 +2,15 @@
 needs) until the test accuracy on all 10,000 test images first reaches each target, for the `fast` recipe and for
 `paper-cifar`, one after the other on the same machine and cores.
 
-Each run is a real `resnet train` process evaluating on the whole test set once per epoch; the clock is read when
-each metrics row appears. A run stops when every target is reached, at the end of its schedule, or at its time cap
+Each run is a real `resnet train` process evaluating on the whole test set when its recipe does (fast: every
+1,170 iterations, 5 epochs, and after the last; paper-cifar: once per epoch); the clock is read when each metrics
+row appears. A run stops when every target is reached, at the end of its schedule, or at its time cap
 (SIGTERM: it saves and exits). A one-cycle schedule peaks at its end, so the fast recipe runs at a length for each
-target (`--fast-epochs`). With `--processes 2` the fast recipe runs as torchrun's two processes of one thread
+target (`--fast-epochs`: 14, 40 and 85 epochs fit 10, 30 and 60 minutes of the 2-core CPU). With `--processes 2` the fast recipe runs as torchrun's two processes of one thread
 each (data parallel over the cores; on the 2-core AMD EPYC no faster than one process of two threads: 1,515-1,553
 against ~1,500 images/s within an epoch, as the processes wait for each other at every step).
 Writes benchmarks/results/time_to_accuracy.json.
-Usage: python benchmarks/bench_time_to_accuracy.py [--fast-epochs 16 45] [--processes 2] [--baseline-minutes 10]
+Usage: python benchmarks/bench_time_to_accuracy.py [--fast-epochs 14 40 85] [--processes 2] [--baseline-minutes 10]
 """
 
 from __future__ import annotations
@@ -86,22 +87,36 @@ def timed_run(model: str, recipe: str, extra: list[str], minutes: float, out: Pa
             "rows": [{k: r[k] for k in ("epoch", "step", "seconds", "test_top1_error")} for r in seen]}
 
 
+def earlier_runs(machine: dict) -> list[dict]:
+    """The runs of the JSON already written, when it was measured on this machine and software."""
+    earlier = json.loads(RESULTS.read_text())
+    same = ("cpu", "cores", "native_bf16", "torch", "threads")
+    if any(earlier.get(key) != machine[key] for key in same):
+        raise SystemExit(f"--append: {RESULTS} was measured on another machine or torch "
+                         f"({', '.join(f'{k}={earlier.get(k)}' for k in same)})")
+    return earlier["runs"]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="resnet20")
-    p.add_argument("--fast-epochs", type=int, nargs="+", default=[16, 45],
-                   help="lengths of the fast recipe's runs (one-cycle peaks at its end; default: 16 45)")
+    p.add_argument("--fast-epochs", type=int, nargs="+", default=[14, 40, 85],
+                   help="lengths of the fast recipe's runs (one-cycle peaks at its end; default: 14 40 85)")
     p.add_argument("--fast-options", nargs=argparse.REMAINDER, default=[],
                    help="more `resnet train` options for the fast runs (last on the line)")
     p.add_argument("--processes", type=int, default=1, help="processes of the fast runs (2: torchrun, one thread each)")
-    p.add_argument("--fast-minutes", type=float, default=35.0, help="time cap of each fast run (default: 35)")
+    p.add_argument("--fast-minutes", type=float, default=70.0, help="time cap of each fast run (default: 70)")
     p.add_argument("--baseline-minutes", type=float, default=10.0,
                    help="time cap of the paper-cifar run (its 64k iterations take hours; default: 10)")
     p.add_argument("--skip-baseline", action="store_true")
+    p.add_argument("--append", action="store_true",
+                   help="add these runs to the runs already in the JSON (measured on the same CPU, else refused)")
     args = p.parse_args()
     result = {"cpu": cpu_model(), "cores": usable_cpus(), "native_bf16": precision.cpu_has_native_bf16(),
               "torch": torch.__version__, "threads": torch.get_num_threads(), "targets": list(TARGETS),
               "baseline": "paper-cifar", "runs": []}
+    if args.append:
+        result["runs"] = earlier_runs(result)
     with tempfile.TemporaryDirectory() as tmp:
         for epochs in args.fast_epochs:
             result["runs"].append(timed_run(args.model, "fast", ["--epochs", str(epochs), *args.fast_options],
