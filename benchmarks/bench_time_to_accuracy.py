@@ -6,10 +6,11 @@ Each run is a real `resnet train` process evaluating on the whole test set when 
 1,170 iterations, 5 epochs, and after the last; paper-cifar: once per epoch); the clock is read when each metrics
 row appears. A run stops when every target is reached, at the end of its schedule, or at its time cap
 (SIGTERM: it saves and exits). A one-cycle schedule peaks at its end, so the fast recipe runs at a length for each
-target (`--fast-epochs`: 14, 40 and 98 epochs fit 10, 24 and 60 minutes of the 2-core CPU). With `--processes 2` the fast recipe runs as torchrun's two processes of one thread
-each (data parallel over the cores; on the 2-core AMD EPYC no faster than one process of two threads: 1,515-1,553
-against ~1,500 images/s within an epoch, as the processes wait for each other at every step).
-First the bare training step of the same net and batch is timed (the ceiling for the commands).
+target (`--fast-epochs`: 14, 40 and 98 epochs fit 10, 24 and 60 minutes of the 2-core CPU). With `--processes 2`
+the fast recipe runs as torchrun's two processes of one thread each (data parallel over the cores; on the 2-core
+AMD EPYC no faster than one process of two threads: 1,515-1,553 against ~1,500 images/s within an epoch, as the
+processes wait for each other at every step). First the bare training step of the same net and batch is timed (the
+ceiling for the commands).
 Writes benchmarks/results/time_to_accuracy.json.
 Usage: python benchmarks/bench_time_to_accuracy.py [--fast-epochs 14 40 98] [--processes 2] [--baseline-minutes 10]
 """
