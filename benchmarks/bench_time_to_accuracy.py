@@ -162,7 +162,7 @@ def main() -> None:
                                             Path(tmp) / "paper-cifar"))
     atomic_write_text(RESULTS, json.dumps(result, indent=2))
     for run in result["runs"]:
-        times = ", ".join(f"{100 * t:.0f}%: " + (f"{s / 60:.1f} min" if s else "not reached")
+        times = ", ".join(f"{100 * float(t):.0f}%: " + (f"{s / 60:.1f} min" if s else "not reached")
                           for t, s in run["seconds_to"].items())
         print(f"{run['recipe']} {' '.join(run['options'])}: {times}; best {100 * run['best_test_accuracy']:.2f}%")
 
