@@ -6,7 +6,6 @@ import gzip
 import pickle
 import urllib.error
 import urllib.request
-import warnings
 from pathlib import Path
 
 import numpy as np
