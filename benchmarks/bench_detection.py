@@ -12,27 +12,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from bench_cpu_train import cpu_model
 
 from resnet.checkpoint import atomic_write_text
 from resnet.detection import create_detector, detection_loss
 from resnet.detection.coco import collate_detection, detection_datasets
 
 RESULTS = Path(__file__).parent / "results" / "detection.json"
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 def scenes_folder(data_dir: str | None) -> Path:
@@ -93,7 +84,7 @@ def main() -> None:
         for name, model in models.items():
             timing[name]["train_s"] += train_seconds(model, batches)
             timing[name]["infer_s"] += infer_seconds(model, images)
-    result = {"benchmark": "detection", "cpu": cpu_name(), "threads": torch.get_num_threads(),
+    result = {"benchmark": "detection", "cpu": cpu_model(), "threads": torch.get_num_threads(),
               "torch": torch.__version__, "image_size": info.image_size, "batch_size": args.batch_size,
               "rounds": args.rounds, "train_images": args.rounds * len(train), "infer_images": args.rounds * len(images)}
     for name, t in timing.items():

@@ -89,25 +89,28 @@ def timed_run(model: str, recipe: str, extra: list[str], minutes: float, out: Pa
             "rows": [{k: r[k] for k in ("epoch", "step", "seconds", "test_top1_error")} for r in seen]}
 
 
-def raw_step_rate(model: str, batch_size: int = 256, steps: int = 30) -> float:
+def raw_step_rate(model: str, steps: int = 30) -> float:
     """Images/s of the bare training step (forward, loss, backward, SGD) of the fast recipe's net and batch on
     random 28x28 inputs, with the precision the trainer picks here: the ceiling for the whole command."""
     import torch.nn.functional as F
 
     from resnet import create_model
+    from resnet.train.recipes import get_recipe
 
-    cpu = torch.device("cpu")
+    fast = get_recipe("fast")
+    batch_size, cpu = fast.batch_size, torch.device("cpu")
     dtype, nhwc = precision.amp_dtype(cpu, None), precision.channels_last(cpu, None)
     net = create_model(model, num_classes=10, in_channels=1)
     form = torch.channels_last if nhwc else torch.contiguous_format
     net = net.to(memory_format=form)
-    sgd = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    sgd = torch.optim.SGD(net.parameters(), lr=fast.lr, momentum=fast.momentum, nesterov=fast.nesterov,
+                          weight_decay=fast.weight_decay)
     x = torch.randn(batch_size, 1, 28, 28).to(memory_format=form)
     y = torch.randint(0, 10, (batch_size,))
 
     def step() -> None:
         with precision.autocast(cpu, dtype):
-            loss = F.cross_entropy(net(x), y, label_smoothing=0.1)
+            loss = F.cross_entropy(net(x), y, label_smoothing=fast.label_smoothing)
         sgd.zero_grad(set_to_none=True)
         loss.backward()
         sgd.step()

@@ -45,8 +45,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the tests' data writers: the same small datasets the tests use
 
-from conftest import learnable_images  # noqa: E402
-from helpers import write_idx  # noqa: E402
+from bench_cpu_train import cpu_model  # noqa: E402
+from conftest import write_tiny_fashion  # noqa: E402
 from test_fault_pass import band_images, small_checkpoint  # noqa: E402
 from test_faults import nan_checkpoint  # noqa: E402
 
@@ -199,13 +199,7 @@ class Workspace:
     @functools.cached_property
     def fashion(self) -> Path:
         """Fashion-MNIST IDX files with 512 learnable training images and 128 test images (the tests' tiny_fashion)."""
-        folder = self.fresh("fashion")
-        folder.mkdir()
-        for stem, n, seed in (("train", 512, 0), ("t10k", 128, 1)):
-            images, labels = learnable_images(n, seed)
-            write_idx(folder / f"{stem}-images-idx3-ubyte.gz", images)
-            write_idx(folder / f"{stem}-labels-idx1-ubyte.gz", labels)
-        return folder
+        return write_tiny_fashion(self.fresh("fashion"))
 
     @functools.cached_property
     def folder(self) -> Path:
@@ -887,13 +881,6 @@ def print_row(row: Row) -> None:
         print(f"{'':26s} missing: {what}", flush=True)
     if not row.ok:
         print(f"{'':26s} output: {row.output}", flush=True)
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

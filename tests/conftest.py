@@ -38,13 +38,17 @@ def learnable_images(n: int, seed: int, classes: int = 4, size: int = 28) -> tup
     return images.astype(np.uint8), labels.astype(np.uint8)
 
 
-@pytest.fixture
-def tiny_fashion(tmp_path: Path) -> Path:
-    """A Fashion-MNIST folder (IDX gz files) with 512 training and 128 test images, learnable."""
-    folder = tmp_path / "fashion"
+def write_tiny_fashion(folder: Path) -> Path:
+    """A new Fashion-MNIST folder (IDX gz files) with 512 training and 128 test images, 4 classes, learnable."""
     folder.mkdir()
     for stem, n, seed in (("train", 512, 0), ("t10k", 128, 1)):
         images, labels = learnable_images(n, seed)
         write_idx(folder / f"{stem}-images-idx3-ubyte.gz", images)
         write_idx(folder / f"{stem}-labels-idx1-ubyte.gz", labels)
     return folder
+
+
+@pytest.fixture
+def tiny_fashion(tmp_path: Path) -> Path:
+    """A Fashion-MNIST folder (IDX gz files) with 512 training and 128 test images, learnable."""
+    return write_tiny_fashion(tmp_path / "fashion")

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import learnable_images
-from helpers import TEST_DEVICE, write_idx
+from conftest import write_tiny_fashion
+from helpers import TEST_DEVICE
 from PIL import Image
 
 from resnet.cli import build_parser, main
@@ -166,13 +166,7 @@ class Artefacts:
     @cache
     def fashion(self) -> Path:
         """Fashion-MNIST in its IDX format: 512 training and 128 test images, 4 classes, learnable."""
-        folder = self.root / "fashion-mnist"
-        folder.mkdir()
-        for stem, n, seed in (("train", 512, 0), ("t10k", 128, 1)):
-            images, labels = learnable_images(n, seed)
-            write_idx(folder / f"{stem}-images-idx3-ubyte.gz", images)
-            write_idx(folder / f"{stem}-labels-idx1-ubyte.gz", labels)
-        return folder
+        return write_tiny_fashion(self.root / "fashion-mnist")
 
     @cache
     def images(self) -> Path:
