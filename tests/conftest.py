@@ -27,6 +27,15 @@ def fp32_on_every_cpu():
         yield
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_cache(tmp_path_factory):
+    """Means computed for the tests' many tiny datasets go to a folder of the session's, not to the user's
+    ~/.cache/resnet (one file per dataset folder: hundreds a day otherwise)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        yield
+
+
 def learnable_images(n: int, seed: int, classes: int = 4, size: int = 28) -> tuple[np.ndarray, np.ndarray]:
     """Noisy images whose class is a bright horizontal band at a class-specific height."""
     rng = np.random.default_rng(seed)

@@ -1,5 +1,5 @@
 """The modern recipe's ingredients, each against an independent computation, and the engine's guarantees with them on:
-label smoothing, mixup/cutmix, random erasing, EMA, one-cycle, flip TTA, TensorBoard, and exact resume."""
+label smoothing, mixup/cutmix, random erasing, EMA, one-cycle, flip and shift TTA, TensorBoard, and exact resume."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from resnet.checkpoint import load_training_state
 from resnet.data.batch_augment import BatchMix, random_erase
+from resnet.data.loaders import tta_views
 from resnet.train.classification import ClassificationTask, evaluate
 from resnet.train.loop import Interrupted, train
 from resnet.train.recipes import RANGES, get_recipe
@@ -130,6 +131,45 @@ def test_flip_tta_is_the_mean_of_the_two_softmaxes():
     assert result["loss"] == pytest.approx(-probs[torch.arange(10), y].log().mean().item(), rel=1e-5)
     plain = evaluate(net, loader, torch.device("cpu"), plain_autocast)
     assert plain["loss"] != pytest.approx(result["loss"])  # the flip was used
+
+
+def _moved(x, dy, dx):
+    """x moved dy rows down and dx columns right, zeros shifted in (one-pixel moves, by slicing)."""
+    out = torch.zeros_like(x)
+    h, w = x.shape[-2:]
+    rows_to, rows_from = (slice(dy, h), slice(0, h - dy)) if dy >= 0 else (slice(0, h + dy), slice(-dy, h))
+    cols_to, cols_from = (slice(dx, w), slice(0, w - dx)) if dx >= 0 else (slice(0, w + dx), slice(-dx, w))
+    out[..., rows_to, cols_to] = x[..., rows_from, cols_from]
+    return out
+
+
+def test_tta_views_are_the_image_moved_one_pixel_and_mirrored():
+    x = torch.rand(3, 2, 5, 7)
+    views = tta_views(x, "flip-shift").view(6, 3, 2, 5, 7)
+    expected = [x, x.flip(-1), _moved(x, 1, 1), _moved(x, 1, 1).flip(-1), _moved(x, -1, -1), _moved(x, -1, -1).flip(-1)]
+    for view, want in zip(views, expected):
+        assert torch.equal(view, want)
+    assert torch.equal(tta_views(x, "flip"), torch.cat([x, x.flip(-1)]))
+    assert torch.equal(tta_views(x, "none"), x)
+
+
+def test_flip_shift_tta_is_the_mean_softmax_of_six_views_of_the_raw_image():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3), torch.nn.Flatten(), torch.nn.LazyLinear(4))
+    raw, y = torch.rand(10, 1, 8, 8), torch.randint(0, 4, (10,))
+    mean = torch.rand(1, 8, 8)  # a per-pixel mean: the views are of the raw image, normalised afterwards
+    x = raw - mean
+    net(x)
+    loader = [(x[:6], y[:6]), (x[6:], y[6:])]
+    result = evaluate(net, loader, torch.device("cpu"), plain_autocast, tta="flip-shift", offset=mean)
+    with torch.no_grad():
+        views = [raw, raw.flip(-1), _moved(raw, 1, 1), _moved(raw, 1, 1).flip(-1), _moved(raw, -1, -1),
+                 _moved(raw, -1, -1).flip(-1)]
+        probs = torch.stack([net(v - mean).softmax(1) for v in views]).mean(0)
+    assert result["top1_error"] == pytest.approx((probs.argmax(1) != y).float().mean().item())
+    assert result["loss"] == pytest.approx(-probs[torch.arange(10), y].log().mean().item(), rel=1e-5)
+    flip = evaluate(net, loader, torch.device("cpu"), plain_autocast, tta="flip", offset=mean)
+    assert flip["loss"] != pytest.approx(result["loss"])  # the shifted views were used
 
 
 @pytest.mark.parametrize("option", sorted(RANGES))
@@ -300,18 +340,19 @@ def test_fast_recipe_learns(tiny_fashion, tmp_path):
     assert rows[-1]["test_top1_error"] < rows[0]["test_top1_error"] or rows[0]["test_top1_error"] < 0.2
 
 
-def test_training_flip_tta_is_what_eval_tta_flip_gives(tiny_fashion, tmp_path, capsys):
+@pytest.mark.parametrize("tta", ["flip", "flip-shift"])
+def test_training_tta_is_what_eval_tta_gives(tiny_fashion, tmp_path, capsys, tta):
     from resnet.cli import main
 
     run = tmp_path / "run"
-    row = train("resnet20", "fashion-mnist", data_dir=str(tiny_fashion), recipe=tiny_recipe(iters=16, tta="flip"),
+    row = train("resnet20", "fashion-mnist", data_dir=str(tiny_fashion), recipe=tiny_recipe(iters=16, tta=tta),
                 out=run, model_options=TINY, progress=False)
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(run), "--which", "last", "--data", "fashion-mnist", "--data-dir",
-                 str(tiny_fashion), "--tta", "flip", "--json", str(tmp_path / "e.json"), "--no-progress",
+                 str(tiny_fashion), "--tta", tta, "--json", str(tmp_path / "e.json"), "--no-progress",
                  "--workers", "0"]) == 0
     result = json.loads((tmp_path / "e.json").read_text())
-    assert result["protocol"] == "flip"
+    assert result["protocol"] == tta
     member = result["members"][0]
     assert member["top1_error"] == pytest.approx(row["test_top1_error"])
     assert member["loss"] == pytest.approx(row["test_loss"], rel=1e-4)

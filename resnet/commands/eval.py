@@ -30,9 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="for a run directory: its final weights (last, the default) or checkpoints/best (selected "
                         "on the held-out split, so scoring it on that split is optimistic)")
     p.add_argument("--protocol", default="center", choices=PROTOCOLS, help="test protocol (default: center)")
-    p.add_argument("--tta", choices=["none", "flip"], default="none",
-                   help="flip: average each image's scores with its horizontal flip's (--protocol center; "
-                        "10crop and multiscale already do)")
+    p.add_argument("--tta", choices=["none", "flip", "flip-shift"], default="none",
+                   help="flip: average each image's scores with its horizontal flip's; flip-shift: also with "
+                        "copies moved one pixel down-right and up-left and their flips (--protocol center; "
+                        "10crop and multiscale have their own views)")
     p.add_argument("--scales", type=int, nargs="+", metavar="S",
                    help=f"shorter sides for multiscale (default: {' '.join(map(str, PAPER_SCALES))}; CIFAR-size: the image size)")
     p.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
@@ -58,10 +59,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.scales and args.protocol != "multiscale":
         raise ValueError("--scales applies to --protocol multiscale only")
-    if args.tta == "flip":
-        if args.protocol not in ("center", "flip"):
-            raise ValueError(f"--tta flip: --protocol {args.protocol} already averages each view with its flip")
-        args.protocol = "flip"
+    if args.tta != "none":
+        if args.protocol not in ("center", args.tta):
+            raise ValueError(f"--tta {args.tta}: --protocol {args.protocol} has its own views (use --protocol center)")
+        args.protocol = args.tta
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         raise ValueError("--batch-size and --limit must be positive")
     resolve_device(args.device)

@@ -58,7 +58,7 @@ FIELD_HELP = {
     "mix_prob": "fraction of batches mixed by mixup/cutmix",
     "random_erasing": "probability that an image gets a random rectangle erased (to the mean)",
     "ema_decay": "keep an EMA of the weights with this decay; the EMA is evaluated and saved (0: off)",
-    "tta": "test-time augmentation in the evaluations: none, or flip (mean of the image's and its flip's softmax)",
+    "tta": "test-time views in the evaluations (mean softmax): none; flip (the image and its mirror); flip-shift (also copies moved one pixel down-right and up-left, and their mirrors)",
     "tensorboard": "also write TensorBoard event files into RUN_DIR/tensorboard (needs the tensorboard package)",
     "decay_bn_bias": "weight decay on BN parameters and biases too", "freeze": "keep the stem and the first N "
     "stages fixed, BN included (fine-tuning)", "head_lr_mult": "the classifier's lr is --lr times this",

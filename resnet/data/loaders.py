@@ -58,6 +58,25 @@ def random_crop_flip(images: torch.Tensor, pad: int, params: torch.Tensor) -> to
     return out.gather(3, cols)
 
 
+# Test-time views (dy, dx, flip) for `--tta`: "flip" is the image and its mirror; "flip-shift" adds copies moved
+# one pixel down-right and up-left, each with its mirror (airbench's translate TTA; README, "Time to accuracy").
+TTA_VIEWS = {
+    "none": ((0, 0, 0),),
+    "flip": ((0, 0, 0), (0, 0, 1)),
+    "flip-shift": ((0, 0, 0), (0, 0, 1), (1, 1, 0), (1, 1, 1), (-1, -1, 0), (-1, -1, 1)),
+}
+
+
+def tta_views(images: torch.Tensor, tta: str) -> torch.Tensor:
+    """The views of a batch of raw images [B,C,H,W] stacked view-major [V*B,C,H,W]: each image moved dy rows
+    down and dx columns right with zeros shifted in, then mirrored where asked."""
+    views = TTA_VIEWS[tta]
+    pad = max(max(abs(dy), abs(dx)) for dy, dx, _ in views)
+    b = len(images)
+    params = torch.tensor([(pad - dy, pad - dx, flip) for dy, dx, flip in views]).repeat_interleave(b, 0)
+    return random_crop_flip(images.repeat(len(views), 1, 1, 1), pad, params)
+
+
 class TensorLoader:
     """Batches from a dataset held as uint8 [N,C,H,W] on `device`, augmented per batch there."""
 

@@ -2,6 +2,8 @@
 
 - `center`: shorter side resized to 256, the central 224x224 crop (CIFAR-size data: the image itself,
   fitted to the network's size first when it has another size: shorter side resized, centre crop).
+- `flip`, `flip-shift`: the centre view and its mirror; and copies moved one pixel down-right and up-left,
+  each with its mirror (`--tta`, as the `fast` recipe evaluates during training).
 - `10crop`: the four corner crops and the centre crop of the 256-resized image, and their flips
   (torchvision's TenCrop). For CIFAR-size data the crops are taken from the image padded with 4 zero
   pixels on each side, the same padding the training augmentation crops from (section 4.2).
@@ -27,6 +29,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from resnet import precision
+from resnet.data.loaders import tta_views
 from resnet.data.transforms import default_resize, fit
 from resnet.evaluate.preprocess import InputNorm
 
@@ -121,15 +124,16 @@ class Center(Protocol):
         return to_float(self.geometry(to_image(image)))[None]
 
 
-class CenterFlip(Center):
-    """Two views: the centre view and its horizontal flip (`resnet eval --tta flip`, as the `fast` recipe's
-    evaluations during training)."""
+class CenterViews(Center):
+    """The centre view under the test-time views `tta` (resnet.data.loaders.TTA_VIEWS, `resnet eval --tta`):
+    "flip" (the view and its mirror, as the `fast` recipe's evaluations during training) or "flip-shift"."""
 
-    name = "flip"
+    def __init__(self, tta: str, style: str = "imagenet", crop: int | None = None, resize: int | None = None) -> None:
+        super().__init__(style, crop, resize)
+        self.name = tta
 
     def prepare(self, image) -> torch.Tensor:
-        view = super().prepare(image)
-        return torch.cat([view, view.flip(-1)])
+        return tta_views(super().prepare(image), self.name)
 
 
 class TenCrop(Protocol):
@@ -200,7 +204,7 @@ class MultiScale(Protocol):
         return total / counts[:, None]
 
 
-PROTOCOLS = ("center", "flip", "10crop", "multiscale")
+PROTOCOLS = ("center", "flip", "flip-shift", "10crop", "multiscale")
 
 
 def get_protocol(name: str, style: str = "imagenet", image_size: int | None = None,
@@ -210,8 +214,8 @@ def get_protocol(name: str, style: str = "imagenet", image_size: int | None = No
     crop = image_size or default_crop(style)
     if name == "center":
         return Center(style, crop, resize)
-    if name == "flip":
-        return CenterFlip(style, crop, resize)
+    if name in ("flip", "flip-shift"):
+        return CenterViews(name, style, crop, resize)
     if name == "10crop":
         return TenCrop(style, crop, resize)
     if name == "multiscale":

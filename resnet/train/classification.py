@@ -1,7 +1,7 @@
 """Classification, the paper's task, as the engine sees it: data, network, loss, top-1/top-5 evaluation.
 
 The modern recipe's parts live here too, each off in the paper's recipes: label smoothing, mixup/cutmix and
-random erasing on the batch (resnet/data/batch_augment.py), and flip test-time augmentation in evaluation.
+random erasing on the batch (resnet/data/batch_augment.py), and test-time views (flip, shifts) in evaluation.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from torch import nn
 from resnet import precision
 from resnet.data.batch_augment import BatchMix, random_erase
 from resnet.data.datasets import describe_input
-from resnet.data.loaders import TensorLoader, build_loader
+from resnet.data.loaders import TTA_VIEWS, TensorLoader, build_loader, tta_views
 from resnet.evaluate.metrics import topk_errors
 from resnet.models import create_model
 from resnet.train import distributed, finetune
@@ -104,29 +104,31 @@ def make_model(model_name: str, info, mean: torch.Tensor, options: dict) -> nn.M
 # ----------------------------------------------------------------------------- evaluation
 
 def class_scores(model: nn.Module, x: torch.Tensor, autocast: Callable, tta: str = "none",
-                 flip_shift: torch.Tensor | None = None) -> torch.Tensor:
-    """Logits; with `tta="flip"` the log of the mean softmax of the image and its horizontal flip (the same
-    cross-entropy and ranking as those averaged probabilities). Inputs are normalised images; `flip_shift`
-    ((flip(mean) - mean) / std for a per-pixel mean) makes the flipped view the normalised flip of the image."""
-    if tta == "flip":
-        flipped = x.flip(-1) if flip_shift is None else x.flip(-1) + flip_shift.to(x.device)
-        x = torch.cat([x, flipped])
+                 offset: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits; with test-time views (`tta`: "flip", "flip-shift", see TTA_VIEWS) the log of their mean softmax
+    (the same cross-entropy and ranking as those averaged probabilities). Inputs are normalised images; `offset`
+    (mean / std) turns them back into raw ones for the views, so that a view is the normalised view of the image
+    even with a per-pixel mean and black pixels are what shifts in."""
+    n_views = len(TTA_VIEWS[tta])
+    if n_views > 1:
+        m = 0 if offset is None else offset.to(x.device)
+        x = tta_views(x + m, tta) - m
     with autocast():
         logits = model(x)
-    if tta != "flip":
+    if n_views == 1:
         return logits.float()
-    return logits.float().softmax(1).view(2, len(x) // 2, -1).mean(0).clamp_min(1e-12).log()
+    return logits.float().softmax(1).view(n_views, len(x) // n_views, -1).mean(0).clamp_min(1e-12).log()
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device, autocast, tta: str = "none",
-             flip_shift: torch.Tensor | None = None) -> dict:
+             offset: torch.Tensor | None = None) -> dict:
     """Loss, top-1 and top-5 error over a loader (summed over all processes)."""
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top1 wrong, top5 wrong, count
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        totals += _batch_stats(class_scores(model, x, autocast, tta, flip_shift), y)
+        totals += _batch_stats(class_scores(model, x, autocast, tta, offset), y)
     model.train()
     loss, wrong1, wrong5, n = distributed.all_reduce_sum(totals).tolist()
     return {"loss": loss / n, "top1_error": wrong1 / n, "top5_error": wrong5 / n, "images": int(n)}
@@ -182,7 +184,7 @@ class ClassificationTask:
         _, self.final_loaders = finetune.renormalise(net, self.mean, self.train_loader, self.final_loaders)
         finetune.freeze(net, self.recipe.freeze)
         mean, std = net.input_mean, getattr(net, "input_std", None)
-        self.flip_shift = (mean.flip(-1) - mean) / (1 if std is None else std)
+        self.offset = mean / (1 if std is None else std)
         self.channels_last = precision.channels_last(self.device, self.recipe.channels_last)
 
     def param_groups(self, net: nn.Module) -> list:
@@ -219,7 +221,7 @@ class ClassificationTask:
     def evaluate(self, model: nn.Module, final: bool, autocast: Callable) -> dict:
         row = {}
         for key, loader in (self.final_loaders if final else self.eval_loaders).items():
-            result = evaluate(model, loader, self.device, autocast, self.recipe.tta, self.flip_shift)
+            result = evaluate(model, loader, self.device, autocast, self.recipe.tta, self.offset)
             row.update({f"{key}_{k}": v for k, v in result.items()})
         return row
 

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, fields
 
 
-CHOICES = {"schedule": ("step", "plateau", "cosine", "onecycle"), "tta": ("none", "flip"), "warmup": ("auto", "on", "off"), "device": ("auto", "cpu", "cuda"),
+CHOICES = {"schedule": ("step", "plateau", "cosine", "onecycle"), "tta": ("none", "flip", "flip-shift"), "warmup": ("auto", "on", "off"), "device": ("auto", "cpu", "cuda"),
            "amp_dtype": ("bf16", "fp16"), "device_loader": ("auto", "on", "off"), "style": ("auto", "small", "imagenet")}
 
 
@@ -59,7 +59,7 @@ class Recipe:
     mix_prob: float = 1.0  # fraction of batches mixed when mixup or cutmix is on
     random_erasing: float = 0.0  # probability that an image gets a random rectangle erased
     ema_decay: float = 0.0  # EMA of the weights (evaluated, saved, used by eval/predict/export); 0: off
-    tta: str = "none"  # test-time augmentation in evaluations: "none" or "flip" (mean of image and flip)
+    tta: str = "none"  # test-time views in evaluations: "none", "flip" or "flip-shift" (data/loaders.TTA_VIEWS)
     tensorboard: bool = False  # also write TensorBoard event files into RUN_DIR/tensorboard
 
     def validate(self) -> Recipe:
