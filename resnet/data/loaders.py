@@ -67,14 +67,20 @@ TTA_VIEWS = {
 }
 
 
+def tta_view(images: torch.Tensor, view: tuple[int, int, int]) -> torch.Tensor:
+    """One view (dy, dx, flip) of a batch of raw images [B,C,H,W]: moved dy rows down and dx columns right with
+    zeros shifted in, then mirrored if flip."""
+    dy, dx, flip = view
+    if dy or dx:
+        h, w = images.shape[-2:]
+        p = max(abs(dy), abs(dx))
+        images = torch.nn.functional.pad(images, (p, p, p, p))[..., p - dy:p - dy + h, p - dx:p - dx + w]
+    return images.flip(-1) if flip else images
+
+
 def tta_views(images: torch.Tensor, tta: str) -> torch.Tensor:
-    """The views of a batch of raw images [B,C,H,W] stacked view-major [V*B,C,H,W]: each image moved dy rows
-    down and dx columns right with zeros shifted in, then mirrored where asked."""
-    views = TTA_VIEWS[tta]
-    pad = max(max(abs(dy), abs(dx)) for dy, dx, _ in views)
-    b = len(images)
-    params = torch.tensor([(pad - dy, pad - dx, flip) for dy, dx, flip in views]).repeat_interleave(b, 0)
-    return random_crop_flip(images.repeat(len(views), 1, 1, 1), pad, params)
+    """All views of `tta` (TTA_VIEWS) of a batch of raw images, stacked view-major [V*B,C,H,W]."""
+    return torch.cat([tta_view(images, view) for view in TTA_VIEWS[tta]])
 
 
 class TensorLoader:

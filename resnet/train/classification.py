@@ -16,7 +16,7 @@ from torch import nn
 from resnet import precision
 from resnet.data.batch_augment import BatchMix, random_erase
 from resnet.data.datasets import describe_input
-from resnet.data.loaders import TTA_VIEWS, TensorLoader, build_loader, tta_views
+from resnet.data.loaders import TTA_VIEWS, TensorLoader, build_loader, tta_view
 from resnet.evaluate.metrics import topk_errors
 from resnet.models import create_model
 from resnet.train import distributed, finetune
@@ -108,16 +108,18 @@ def class_scores(model: nn.Module, x: torch.Tensor, autocast: Callable, tta: str
     """Logits; with test-time views (`tta`: "flip", "flip-shift", see TTA_VIEWS) the log of their mean softmax
     (the same cross-entropy and ranking as those averaged probabilities). Inputs are normalised images; `offset`
     (mean / std) turns them back into raw ones for the views, so that a view is the normalised view of the image
-    even with a per-pixel mean and black pixels are what shifts in."""
-    n_views = len(TTA_VIEWS[tta])
-    if n_views > 1:
-        m = 0 if offset is None else offset.to(x.device)
-        x = tta_views(x + m, tta) - m
-    with autocast():
-        logits = model(x)
-    if n_views == 1:
-        return logits.float()
-    return logits.float().softmax(1).view(n_views, len(x) // n_views, -1).mean(0).clamp_min(1e-12).log()
+    even with a per-pixel mean and black pixels are what shifts in. One view at a time goes through the net: a
+    CPU runs a batch of V*B images much slower per image than V batches of B."""
+    views = TTA_VIEWS[tta]
+    if len(views) == 1:
+        with autocast():
+            return model(x).float()
+    m = 0 if offset is None else offset.to(x.device)
+    raw, probs = x + m, 0
+    for view in views:
+        with autocast():
+            probs = probs + model(tta_view(raw, view) - m).float().softmax(1)
+    return (probs / len(views)).clamp_min(1e-12).log()
 
 
 @torch.no_grad()
