@@ -80,7 +80,9 @@ def timed_run(model: str, recipe: str, extra: list[str], minutes: float, out: Pa
         row["seconds"] = time.perf_counter() - start
         seen.append(row)
     best = max(seen, key=lambda r: 1 - r["test_top1_error"]) if seen else None
-    return {"model": model, "recipe": recipe, "options": extra, "processes": processes, "cap_minutes": minutes,
+    tta = json.loads((out / "config.json").read_text())["recipe"]["tta"]
+    return {"model": model, "recipe": recipe, "options": extra, "tta": tta, "processes": processes,
+            "cap_minutes": minutes,
             "seconds_to": {t: reached.get(f"{t}") for t in TARGETS},
             "best_test_accuracy": best and 1 - best["test_top1_error"], "best_at_seconds": best and best["seconds"],
             "last_test_accuracy": seen[-1] and 1 - seen[-1]["test_top1_error"] if seen else None,
@@ -167,7 +169,8 @@ def main() -> None:
     for run in result["runs"]:
         times = ", ".join(f"{100 * float(t):.0f}%: " + (f"{s / 60:.1f} min" if s else "not reached")
                           for t, s in run["seconds_to"].items())
-        print(f"{run['recipe']} {' '.join(run['options'])}: {times}; best {100 * run['best_test_accuracy']:.2f}%")
+        print(f"{run['recipe']} {' '.join(run['options'])} (tta {run.get('tta', '?')}): {times}; "
+              f"best {100 * run['best_test_accuracy']:.2f}%")
 
 
 if __name__ == "__main__":
