@@ -121,11 +121,13 @@ def test_ten_crop_boxes_small_images_come_from_the_padded_image():
 def test_ten_crop_scores_are_the_mean_of_the_ten_views_softmax():
     model = randomize_bn(create_model("resnet20"))
     norm = InputNorm(torch.rand(3, 32, 32))
-    views = TenCrop("small").prepare(torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8))
+    batch = torch.stack([TenCrop("small").prepare(torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8))
+                         for _ in range(2)])  # two images: each one's views must stay its own
     with torch.no_grad():
-        got = TenCrop("small").scores(model, norm, views[None])
-        expected = torch.stack([F.softmax(model(norm(v[None])), 1)[0] for v in views]).mean(0)
-    assert torch.allclose(got[0], expected, atol=1e-6)
+        got = TenCrop("small").scores(model, norm, batch)
+        for image, views in enumerate(batch):
+            expected = torch.stack([F.softmax(model(norm(v[None])), 1)[0] for v in views]).mean(0)
+            assert torch.allclose(got[image], expected, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- multi-scale

@@ -88,7 +88,7 @@ def crop_params(batch: torch.Tensor, size: int, pad: int = 4) -> torch.Tensor:
     out = []
     for img in batch.round().long()[:, 0]:
         ys, xs = torch.nonzero(img, as_tuple=True)
-        (r0, c0), (r1, c1) = divmod(img[ys[0], xs[0]].item() - 1, size), divmod(img[ys[1], xs[1]].item() - 1, size)
+        (r0, c0), (_, c1) = divmod(img[ys[0], xs[0]].item() - 1, size), divmod(img[ys[1], xs[1]].item() - 1, size)
         flip = (c1 - c0) * (xs[1] - xs[0]).item() < 0  # columns run backwards
         dy = r0 + pad - ys[0].item()
         dx = c0 + pad - size + 1 + xs[0].item() if flip else c0 + pad - xs[0].item()
