@@ -80,15 +80,19 @@ def timed_run(model: str, recipe: str, extra: list[str], minutes: float, out: Pa
     for row in rows_of(out / "metrics.jsonl")[len(seen):]:  # a last row written while stopping
         row["seconds"] = time.perf_counter() - start
         seen.append(row)
-    best = max(seen, key=lambda r: 1 - r["test_top1_error"]) if seen else None
+    log.close()
+    if not seen:  # it stopped before its first evaluation (a bad option, missing data): its own words say why
+        lines = out.with_suffix(".log").read_text().strip().splitlines() or ["(no output)"]
+        raise SystemExit(f"bench_time_to_accuracy: {' '.join(command[len(prefix) - 1:])} gave no evaluation "
+                         f"(exit {process.returncode}): {lines[-1]}")
+    best = max(seen, key=lambda r: 1 - r["test_top1_error"])
     tta = json.loads((out / "config.json").read_text())["recipe"]["tta"]
     return {"model": model, "recipe": recipe, "options": extra, "tta": tta, "processes": processes,
             "cap_minutes": minutes,
             "seconds_to": {t: reached.get(f"{t}") for t in TARGETS},
-            "best_test_accuracy": best and 1 - best["test_top1_error"], "best_at_seconds": best and best["seconds"],
-            "last_test_accuracy": seen[-1] and 1 - seen[-1]["test_top1_error"] if seen else None,
-            "epochs_run": seen[-1]["epoch"] if seen else 0, "seconds": time.perf_counter() - start,
-            "train_images_per_sec": seen[-1]["images_per_sec"] if seen else None,
+            "best_test_accuracy": 1 - best["test_top1_error"], "best_at_seconds": best["seconds"],
+            "last_test_accuracy": 1 - seen[-1]["test_top1_error"], "epochs_run": seen[-1]["epoch"],
+            "seconds": time.perf_counter() - start, "train_images_per_sec": seen[-1]["images_per_sec"],
             "rows": [{k: r[k] for k in ("epoch", "step", "seconds", "test_top1_error")} for r in seen]}
 
 
