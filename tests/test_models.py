@@ -69,6 +69,21 @@ def test_shortcut_a_is_zero_padded_subsampled_identity():
     assert torch.count_nonzero(shortcut[:, 16:]) == 0
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_shortcut_a_gradient_is_the_strided_slices(dtype):
+    """Option A subsamples with a 1x1 pooling (faster on a CPU): its values and its gradient are exactly those of
+    x[:, :, ::2, ::2], also in channels_last and bf16, the trainer's form on a CPU."""
+    shortcut = create_model("resnet20").layer3[0].downsample
+    x = torch.randn(3, 32, 7, 7, dtype=dtype).to(memory_format=torch.channels_last).requires_grad_()
+    out = shortcut(x)
+    upstream = torch.randn_like(out)
+    (grad,) = torch.autograd.grad(out, x, upstream)
+    reference = x.detach().clone().requires_grad_()
+    (expected,) = torch.autograd.grad(reference[:, :, ::2, ::2], reference, upstream[:, :32])
+    assert out.shape == (3, 64, 4, 4) and torch.equal(out[:, :32], x[:, :, ::2, ::2])
+    assert torch.equal(grad, expected)
+
+
 def test_shortcut_a_zeros_split_before_and_after_and_recorded(tmp_path):
     """zero_pad="both" (akamaster's layout): 8 zero channels, the identity's 16, 8 zero channels."""
     from resnet.checkpoint import load_model, save_weights

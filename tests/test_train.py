@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 import resnet
 from resnet.cli import build_parser, main
+from resnet.commands.options import model_options
 from resnet.commands.train import recipe_from_args
 from resnet.data.loaders import TensorLoader
 from resnet import checkpoint
@@ -43,6 +44,21 @@ def test_paper_recipes_are_the_papers():
     assert (cifar.batch_size, cifar.lr, cifar.momentum, cifar.weight_decay, cifar.iters) == (128, 0.1, 0.9, 1e-4, 64000)
     assert [round(f * cifar.iters) for f in cifar.lr_drops] == [32000, 48000]
     assert (imagenet.batch_size, imagenet.iters, imagenet.schedule) == (256, 600_000, "plateau")
+
+
+def test_zero_init_residual_option_reaches_the_network(tmp_path, tiny_fashion):
+    """`--zero-init-residual` builds the trained net with every block's last BN scale at 0 (each block starts as
+    its shortcut); without it they start at 1."""
+    def first_block_scale(*flags: str) -> torch.Tensor:
+        argv = ["train", "--model", "resnet20", "--data", "fashion-mnist", "--base-width", "4", *flags]
+        options = model_options(build_parser().parse_args(argv))
+        run = tmp_path / "-".join(["run", *flags])
+        train("resnet20", "fashion-mnist", recipe=tiny_recipe(iters=1, lr=1e-9), data_dir=str(tiny_fashion), out=run,
+              model_options=options, progress=False)
+        return weights(run)["layer1.0.bn2.weight"]
+
+    assert first_block_scale("--zero-init-residual").abs().max() < 1e-6  # one step at lr 1e-9 from 0
+    assert torch.all(first_block_scale() > 0.99)
 
 
 def test_command_line_overrides():

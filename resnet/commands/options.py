@@ -36,6 +36,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-classes", type=positive_int, help="classifier outputs (default: 1000 ImageNet nets, 10 CIFAR nets)")
     p.add_argument("--in-channels", type=positive_int, help="input channels (default: 3, or the dataset's when training)")
     p.add_argument("--base-width", type=positive_int, help="filters of the first stage, doubled per stage (default: 16 CIFAR, 64 ImageNet)")
+    p.add_argument("--zero-init-residual", action="store_true",
+                   help="start each residual block's last BN scale at 0, so every block begins as its shortcut "
+                        "(Goyal et al. 2017; not in the paper)")
 
 
 def model_options(args: argparse.Namespace) -> dict:
@@ -43,4 +46,6 @@ def model_options(args: argparse.Namespace) -> dict:
     for name in ("in_channels", "shortcut", "num_classes", "base_width"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
+    if getattr(args, "zero_init_residual", False):
+        options["zero_init_residual"] = True
     return options

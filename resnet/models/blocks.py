@@ -49,8 +49,8 @@ class ZeroPadShortcut(nn.Module):
         self.zero_pad = zero_pad
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.stride > 1:
-            x = x[:, :, :: self.stride, :: self.stride]
+        if self.stride > 1:  # x[:, :, ::s, ::s], as a 1x1 pooling: the same values, and on a CPU its backward is
+            x = F.max_pool2d(x, 1, self.stride)  # ~2x faster than a strided slice's (in channels_last)
         if self.extra_channels:
             before = self.extra_channels // 2 if self.zero_pad == "both" else 0
             x = F.pad(x, (0, 0, 0, 0, before, self.extra_channels - before))
