@@ -96,18 +96,23 @@ def timed_run(model: str, recipe: str, extra: list[str], minutes: float, out: Pa
             "rows": [{k: r[k] for k in ("epoch", "step", "seconds", "test_top1_error")} for r in seen]}
 
 
-def raw_step_rate(model: str, steps: int = 30) -> float:
-    """Images/s of the bare training step (forward, loss, backward, SGD) of the fast recipe's net and batch on
-    random 28x28 inputs, with the precision the trainer picks here: the ceiling for the whole command."""
+def raw_step_rate(model: str, fast_options: list[str] = (), steps: int = 30) -> float:
+    """Images/s of the bare training step (forward, loss, backward, SGD) of the fast runs' net and batch (the fast
+    recipe with `fast_options`, read by `resnet train`'s own parser) on random 28x28 inputs, with the precision
+    the trainer picks here: the ceiling for the whole command."""
     import torch.nn.functional as F
 
     from resnet import create_model
-    from resnet.train.recipes import get_recipe
+    from resnet.cli import build_parser
+    from resnet.commands.options import model_options
+    from resnet.commands.train import recipe_from_args
 
-    fast = get_recipe("fast")
-    batch_size, cpu = fast.batch_size, torch.device("cpu")
+    args = build_parser().parse_args(["train", "--model", model, "--data", "fashion-mnist", "--recipe", "fast",
+                                      *fast_options])
+    fast, cpu = recipe_from_args(args), torch.device("cpu")
+    batch_size = fast.batch_size
     dtype, nhwc = precision.amp_dtype(cpu, None), precision.channels_last(cpu, None)
-    net = create_model(model, num_classes=10, in_channels=1)
+    net = create_model(model, **{"num_classes": 10, "in_channels": 1, **model_options(args)})
     form = torch.channels_last if nhwc else torch.contiguous_format
     net = net.to(memory_format=form)
     sgd = torch.optim.SGD(net.parameters(), lr=fast.lr, momentum=fast.momentum, nesterov=fast.nesterov,
@@ -125,9 +130,9 @@ def raw_step_rate(model: str, steps: int = 30) -> float:
     for _ in range(5):  # warm-up: allocator, oneDNN primitives
         step()
     start = time.perf_counter()
-    for _ in range(steps):
+    for _ in range(steps * 256 // batch_size):  # the same number of images at any batch size
         step()
-    return batch_size * steps / (time.perf_counter() - start)
+    return batch_size * (steps * 256 // batch_size) / (time.perf_counter() - start)
 
 
 def earlier_runs(machine: dict) -> list[dict]:
@@ -160,7 +165,7 @@ def main() -> None:
               "baseline": "paper-cifar", "runs": []}
     if args.append:
         result["runs"] = earlier_runs(result)
-    result["raw_step_images_per_sec"] = raw_step_rate(args.model)
+    result["raw_step_images_per_sec"] = raw_step_rate(args.model, args.fast_options)
     print(f"raw training step: {result['raw_step_images_per_sec']:.0f} images/s", flush=True)
     jobs = [("fast", ["--epochs", str(epochs), *args.fast_options], args.fast_minutes, f"fast-{epochs}",
              args.processes) for epochs in args.fast_epochs]
