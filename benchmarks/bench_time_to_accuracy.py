@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from bench_cpu_train import cpu_model
@@ -96,7 +97,7 @@ def timed_run(model: str, recipe: str, extra: list[str], minutes: float, out: Pa
             "rows": [{k: r[k] for k in ("epoch", "step", "seconds", "test_top1_error")} for r in seen]}
 
 
-def raw_step_rate(model: str, fast_options: list[str] = (), steps: int = 30) -> float:
+def raw_step_rate(model: str, fast_options: Sequence[str] = (), steps: int = 30) -> float:
     """Images/s of the bare training step (forward, loss, backward, SGD) of the fast runs' net and batch (the fast
     recipe with `fast_options`, read by `resnet train`'s own parser) on random 28x28 inputs, with the precision
     the trainer picks here: the ceiling for the whole command."""
