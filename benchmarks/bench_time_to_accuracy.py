@@ -130,10 +130,11 @@ def raw_step_rate(model: str, fast_options: Sequence[str] = (), steps: int = 30)
 
     for _ in range(5):  # warm-up: allocator, oneDNN primitives
         step()
+    iterations = max(1, steps * 256 // batch_size)  # the same number of images at any batch size
     start = time.perf_counter()
-    for _ in range(steps * 256 // batch_size):  # the same number of images at any batch size
+    for _ in range(iterations):
         step()
-    return batch_size * (steps * 256 // batch_size) / (time.perf_counter() - start)
+    return batch_size * iterations / (time.perf_counter() - start)
 
 
 def earlier_runs(machine: dict) -> list[dict]:
