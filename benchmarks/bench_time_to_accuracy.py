@@ -12,8 +12,8 @@ the fast recipe runs as torchrun's two processes of one thread each (data parall
 AMD EPYC no faster than one process of two threads: 1,515-1,553 against ~1,500 images/s within an epoch, as the
 processes wait for each other at every step). First the bare training step of the same net and batch is timed (the
 ceiling for the commands).
-Writes benchmarks/results/time_to_accuracy.json.
-Usage: python benchmarks/bench_time_to_accuracy.py [--fast-epochs 13 42 92] [--processes 2] [--baseline-minutes 10]
+Writes benchmarks/results/time_to_accuracy.json (`--out`: another file, for another CPU).
+Usage: python benchmarks/bench_time_to_accuracy.py [--fast-epochs 13 42 92] [--processes 2] [--baseline-minutes 10] [--out FILE]
 """
 
 from __future__ import annotations
@@ -137,13 +137,14 @@ def raw_step_rate(model: str, fast_options: Sequence[str] = (), steps: int = 30)
     return batch_size * iterations / (time.perf_counter() - start)
 
 
-def earlier_runs(machine: dict) -> list[dict]:
+def earlier_runs(machine: dict, path: Path) -> list[dict]:
     """The runs of the JSON already written, when it was measured on this machine and software."""
-    earlier = json.loads(RESULTS.read_text())
+    earlier = json.loads(path.read_text())
     same = ("cpu", "cores", "native_bf16", "torch", "threads")
     if any(earlier.get(key) != machine[key] for key in same):
-        raise SystemExit(f"--append: {RESULTS} was measured on another machine or torch "
-                         f"({', '.join(f'{k}={earlier.get(k)}' for k in same)})")
+        raise SystemExit(f"--append: {path} was measured on another machine or torch "
+                         f"({', '.join(f'{k}={earlier.get(k)}' for k in same)}); write this one's runs to "
+                         f"another --out")
     return earlier["runs"]
 
 
@@ -161,12 +162,14 @@ def main() -> None:
     p.add_argument("--skip-baseline", action="store_true")
     p.add_argument("--append", action="store_true",
                    help="add these runs to the runs already in the JSON (measured on the same CPU, else refused)")
+    p.add_argument("--out", type=Path, default=RESULTS,
+                   help=f"the JSON to write (default: {RESULTS.relative_to(Path(__file__).parent.parent)}; one per CPU)")
     args = p.parse_args()
     result = {"cpu": cpu_model(), "cores": usable_cpus(), "native_bf16": precision.cpu_has_native_bf16(),
               "torch": torch.__version__, "threads": torch.get_num_threads(), "targets": list(TARGETS),
               "baseline": "paper-cifar", "runs": []}
     if args.append:
-        result["runs"] = earlier_runs(result)
+        result["runs"] = earlier_runs(result, args.out)
     result["raw_step_images_per_sec"] = raw_step_rate(args.model, args.fast_options)
     print(f"raw training step: {result['raw_step_images_per_sec']:.0f} images/s", flush=True)
     jobs = [("fast", ["--epochs", str(epochs), *args.fast_options], args.fast_minutes, f"fast-{epochs}",
@@ -178,8 +181,8 @@ def main() -> None:
             run = timed_run(args.model, recipe, extra, minutes, Path(tmp) / name, processes)
             # each run keeps the ceiling measured beside it: --append gathers runs of other sessions and hosts
             result["runs"].append({**run, "raw_step_images_per_sec": result["raw_step_images_per_sec"]})
-            atomic_write_text(RESULTS, json.dumps(result, indent=2))
-    atomic_write_text(RESULTS, json.dumps(result, indent=2))
+            atomic_write_text(args.out, json.dumps(result, indent=2))
+    atomic_write_text(args.out, json.dumps(result, indent=2))
     for run in result["runs"]:
         times = ", ".join(f"{100 * float(t):.0f}%: " + (f"{s / 60:.1f} min" if s else "not reached")
                           for t, s in run["seconds_to"].items())
