@@ -13,7 +13,8 @@ AMD EPYC no faster than one process of two threads: 1,515-1,553 against ~1,500 i
 processes wait for each other at every step). First the bare training step of the same net and batch is timed (the
 ceiling for the commands).
 Writes benchmarks/results/time_to_accuracy.json (`--out`: another file, for another CPU).
-Usage: python benchmarks/bench_time_to_accuracy.py [--fast-epochs 13 42 92] [--processes 2] [--baseline-minutes 10] [--out FILE]
+Usage: python benchmarks/bench_time_to_accuracy.py [--fast-epochs 13 42 92] [--processes 2] [--baseline-minutes 10]
+       [--out FILE]
 """
 
 from __future__ import annotations
@@ -138,7 +139,10 @@ def raw_step_rate(model: str, fast_options: Sequence[str] = (), steps: int = 30)
 
 
 def earlier_runs(machine: dict, path: Path) -> list[dict]:
-    """The runs of the JSON already written, when it was measured on this machine and software."""
+    """The runs of the JSON already written (none when there is none yet), when it was measured on this machine and
+    software."""
+    if not path.exists():
+        return []
     earlier = json.loads(path.read_text())
     same = ("cpu", "cores", "native_bf16", "torch", "threads")
     if any(earlier.get(key) != machine[key] for key in same):
