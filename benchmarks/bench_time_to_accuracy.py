@@ -167,7 +167,8 @@ def main() -> None:
     p.add_argument("--append", action="store_true",
                    help="add these runs to the runs already in the JSON (measured on the same CPU, else refused)")
     p.add_argument("--out", type=Path, default=RESULTS,
-                   help=f"the JSON to write (default: {RESULTS.relative_to(Path(__file__).parent.parent)}; one per CPU)")
+                   help=f"the JSON to write, one per CPU (default: "
+                        f"{RESULTS.relative_to(Path(__file__).parent.parent)})")
     args = p.parse_args()
     result = {"cpu": cpu_model(), "cores": usable_cpus(), "native_bf16": precision.cpu_has_native_bf16(),
               "torch": torch.__version__, "threads": torch.get_num_threads(), "targets": list(TARGETS),
