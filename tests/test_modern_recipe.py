@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from resnet.checkpoint import load_training_state
-from resnet.data.batch_augment import BatchMix, random_erase
+from resnet.data.batch_augment import BatchMix, low_resolution, random_erase
 from resnet.data.loaders import tta_views
 from resnet.train.classification import ClassificationTask, evaluate
 from resnet.train.loop import Interrupted, train
@@ -24,7 +24,7 @@ from helpers import TEST_DEVICE
 
 TINY = {"base_width": 4}
 MODERN = dict(label_smoothing=0.1, mixup_alpha=0.4, cutmix_alpha=1.0, mix_prob=0.8, random_erasing=0.5,
-              ema_decay=0.9, nesterov=True, schedule="onecycle", warmup_fraction=0.2, tta="flip")
+              ema_decay=0.9, nesterov=True, schedule="onecycle", warmup_fraction=0.2, tta="flip", low_res_size=20)
 
 
 def tiny_recipe(**overrides):
@@ -194,6 +194,37 @@ def test_command_line_values_are_checked_at_parse_time(capsys):
 
 
 # ---------------------------------------------------------------- in the engine
+
+def test_progressive_resizing_feeds_small_batches_for_its_fraction_of_the_steps(tiny_fashion, tmp_path, monkeypatch):
+    import resnet.train.classification as classification
+
+    sizes = []
+    net_inputs = []
+
+    def recording(x, size):
+        out = low_resolution(x, size)
+        sizes.append((tuple(x.shape[-2:]), tuple(out.shape[-2:])))
+        return out
+
+    monkeypatch.setattr(classification, "low_resolution", recording)
+    original_step = classification.ClassificationTask.train_step
+
+    def step(self, model, batch, index, autocast):
+        handle = model.register_forward_pre_hook(lambda m, args: net_inputs.append(tuple(args[0].shape[-2:])))
+        try:
+            return original_step(self, model, batch, index, autocast)
+        finally:
+            handle.remove()
+
+    monkeypatch.setattr(classification.ClassificationTask, "train_step", step)
+    recipe = tiny_recipe(iters=10, eval_every=100, low_res_size=16, low_res_fraction=0.3)
+    train("resnet20", "fashion-mnist", data_dir=str(tiny_fashion), recipe=recipe, out=tmp_path / "run",
+          model_options=TINY, progress=False)
+    assert sizes == [((28, 28), (16, 16))] * 3
+    assert net_inputs == [(16, 16)] * 3 + [(28, 28)] * 7
+    flat = torch.full((2, 1, 28, 28), 0.25)
+    assert torch.allclose(low_resolution(flat, 20), torch.full((2, 1, 20, 20), 0.25))
+
 
 def test_ema_weights_are_the_hand_computed_average(tiny_fashion, tmp_path):
     """Step by step (a resume after each), the weights file holds the EMA, the state the raw training weights."""

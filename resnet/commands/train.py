@@ -57,6 +57,9 @@ FIELD_HELP = {
     "cutmix_alpha": "cutmix on the batch with Beta(alpha, alpha) (0: off; with mixup on, one of the two per batch)",
     "mix_prob": "fraction of batches mixed by mixup/cutmix",
     "random_erasing": "probability that an image gets a random rectangle erased (to the mean)",
+    "low_res_size": "progressive resizing: train the first --low-res-fraction of the iterations on batches "
+                    "resized to this side (bilinear; none: off)",
+    "low_res_fraction": "the fraction of the iterations trained at --low-res-size",
     "ema_decay": "keep an EMA of the weights with this decay; the EMA is evaluated and saved (0: off)",
     "tta": "test-time views in the evaluations (mean softmax): none; flip (the image and its mirror); flip-shift (also copies moved one pixel down-right and up-left, and their mirrors)",
     "tensorboard": "also write TensorBoard event files into RUN_DIR/tensorboard (needs the tensorboard package)",

@@ -1,4 +1,5 @@
-"""Augmentations of a whole batch on its device, after the loader: random erasing, and mixup or cutmix.
+"""Augmentations of a whole batch on its device, after the loader: random erasing, mixup or cutmix, and the
+lower resolution of progressive resizing.
 
 Not in the paper; the modern recipe's regularisers (Zhong et al. 2017; Zhang et al. 2017; Yun et al. 2019).
 Mixup and cutmix are torchvision's (`transforms.v2.MixUp`/`CutMix`: one lambda per batch, each image paired
@@ -35,6 +36,14 @@ def random_erase(x: torch.Tensor, p: float) -> torch.Tensor:
     in_cols = (cols >= left[:, None]) & (cols < (left + ew)[:, None])
     mask = in_rows[:, :, None] & in_cols[:, None, :] & (u[0] < p)[:, None, None]
     return x.masked_fill(mask[:, None].to(x.device), 0.0)
+
+
+def low_resolution(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The batch resized to `size` x `size` (bilinear, antialiased): progressive resizing's early epochs (fastai,
+    FFCV), cheaper in proportion to the pixels; the net is fully convolutional up to its global average pool."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
 class BatchMix:

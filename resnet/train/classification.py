@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from resnet import precision
-from resnet.data.batch_augment import BatchMix, random_erase
+from resnet.data.batch_augment import BatchMix, low_resolution, random_erase
 from resnet.data.datasets import describe_input
 from resnet.data.loaders import TTA_VIEWS, TensorLoader, build_loader, tta_view
 from resnet.evaluate.metrics import topk_errors
@@ -161,6 +161,7 @@ class ClassificationTask:
         self.pretrained, self.init_notes, self.from_init = pretrained, list(init_notes or []), from_init
         self.mix: BatchMix | None = None
         self.channels_last = False
+        self.low_res_steps = 0  # progressive resizing: the first steps at recipe.low_res_size (set up with the data)
 
     def setup(self, dist: distributed.Dist, device: torch.device) -> None:
         self.device = device
@@ -168,6 +169,8 @@ class ClassificationTask:
             self.data, self.data_dir, self.recipe, dist, device, self.download)
         r = self.recipe
         self.mix = BatchMix(self.info.num_classes, r.mixup_alpha, r.cutmix_alpha, r.mix_prob)
+        total_steps = r.iters if r.iters else r.epochs * len(self.train_loader)
+        self.low_res_steps = round(r.low_res_fraction * total_steps) if r.low_res_size else 0
 
     def build_model(self) -> tuple[nn.Module, list[str]]:
         net = make_model(self.model_name, self.info, self.mean, self.model_options)
@@ -209,6 +212,8 @@ class ClassificationTask:
         target = y
         if self.mix.enabled:
             x, target = self.mix(x, y)
+        if step < self.low_res_steps:
+            x = low_resolution(x, self.recipe.low_res_size)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast():

@@ -58,6 +58,8 @@ class Recipe:
     cutmix_alpha: float = 0.0  # cutmix's Beta(alpha, alpha); 0: off (both on: one of the two per batch)
     mix_prob: float = 1.0  # fraction of batches mixed when mixup or cutmix is on
     random_erasing: float = 0.0  # probability that an image gets a random rectangle erased
+    low_res_size: int | None = None  # small images: the first --low-res-fraction of training at this side; None: off
+    low_res_fraction: float = 0.5  # the fraction of the iterations trained at --low-res-size
     ema_decay: float = 0.0  # EMA of the weights (evaluated, saved, used by eval/predict/export); 0: off
     tta: str = "none"  # test-time views in evaluations: "none", "flip" or "flip-shift" (data/loaders.TTA_VIEWS)
     tensorboard: bool = False  # also write TensorBoard event files into RUN_DIR/tensorboard
@@ -86,7 +88,7 @@ class Recipe:
 POSITIVE = (1, None, False, False)
 RANGES = {
     **{name: POSITIVE for name in ("batch_size", "iters", "epochs", "subset", "eval_every", "eval_subset",
-                                   "plateau_patience", "image_size", "log_every")},
+                                   "plateau_patience", "image_size", "log_every", "low_res_size")},
     "seed": (0, None, False, False), "crop_pad": (0, None, False, False), "num_workers": (0, None, False, False), "freeze": (0, None, False, False),
     "lr": (0.0, None, True, False), "warmup_lr": (0.0, None, True, False), "head_lr_mult": (0.0, None, True, False),
     "momentum": (0.0, 1.0, False, True), "weight_decay": (0.0, None, False, False),
@@ -94,6 +96,7 @@ RANGES = {
     "label_smoothing": (0.0, 1.0, False, True), "mixup_alpha": (0.0, None, False, False),
     "cutmix_alpha": (0.0, None, False, False), "mix_prob": (0.0, 1.0, False, False),
     "random_erasing": (0.0, 1.0, False, False), "ema_decay": (0.0, 1.0, False, True),
+    "low_res_fraction": (0.0, 1.0, True, True),
 }
 
 
