@@ -169,8 +169,7 @@ class ClassificationTask:
             self.data, self.data_dir, self.recipe, dist, device, self.download)
         r = self.recipe
         self.mix = BatchMix(self.info.num_classes, r.mixup_alpha, r.cutmix_alpha, r.mix_prob)
-        total_steps = r.iters if r.iters else r.epochs * len(self.train_loader)
-        self.low_res_steps = round(r.low_res_fraction * total_steps) if r.low_res_size else 0
+        self.low_res_steps = round(r.low_res_fraction * r.total_steps(len(self.train_loader))) if r.low_res_size else 0
 
     def build_model(self) -> tuple[nn.Module, list[str]]:
         net = make_model(self.model_name, self.info, self.mean, self.model_options)

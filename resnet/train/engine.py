@@ -137,7 +137,7 @@ class Trainer:
         self.steps_per_epoch = len(self.task.train_loader)
         if self.steps_per_epoch == 0:
             raise ValueError(f"--batch-size {recipe.batch_size} is larger than the training set")
-        self.total_steps = recipe.iters if recipe.iters else recipe.epochs * self.steps_per_epoch
+        self.total_steps = recipe.total_steps(self.steps_per_epoch)
         self.eval_every = recipe.eval_every or self.steps_per_epoch
         self.schedule = LRSchedule(recipe, self.total_steps, warmup)
 

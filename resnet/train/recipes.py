@@ -64,6 +64,10 @@ class Recipe:
     tta: str = "none"  # test-time views in evaluations: "none", "flip" or "flip-shift" (data/loaders.TTA_VIEWS)
     tensorboard: bool = False  # also write TensorBoard event files into RUN_DIR/tensorboard
 
+    def total_steps(self, steps_per_epoch: int) -> int:
+        """The run's length in iterations: --iters, or --epochs of `steps_per_epoch`."""
+        return self.iters if self.iters else self.epochs * steps_per_epoch
+
     def validate(self) -> Recipe:
         """Check every option's value (choices, ranges, NaN and infinity), raising one line that names the option."""
         for option, allowed in CHOICES.items():
