@@ -17,6 +17,7 @@ from torchvision import tv_tensors
 
 from resnet.data import DATASETS, DatasetInfo, DownloadError, dataset_info, get_dataset, load_tensors, pixel_mean
 from resnet.data import datasets as datasets_module
+from resnet.data.datasets import describe_input
 from resnet.data.folder import decode_image
 from resnet.data.transforms import (
     IMAGENET_EIGVAL,
@@ -433,6 +434,12 @@ def test_cifar_train_crop_is_the_padded_image_shifted_at_most_4_px_and_flips_hal
     assert {dy for dy, _, _ in seen} == set(range(9)) and {dx for _, dx, _ in seen} == set(range(9))
     flips = sum(flip for _, _, flip in seen)
     assert 115 < flips < 185  # Binomial(300, 0.5): mean 150, sd 8.7
+
+
+def test_the_printed_protocol_names_the_runs_crop_padding():
+    assert "pad 4, random crop" in describe_input(small_info())  # the paper's
+    assert "pad 2, random crop" in describe_input(small_info(), crop_pad=2)  # --crop-pad 2 (the fast recipe)
+    assert "no crop" in describe_input(small_info(), crop_pad=0) and "pad" not in describe_input(small_info(), 0)
 
 
 def test_train_transform_subtracts_the_mean_and_accepts_pil():

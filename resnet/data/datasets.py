@@ -189,13 +189,16 @@ def _tree_info(name: str, data_dir: str | Path | None, image_size: int | None = 
     return DatasetInfo(name, classes, names, 3, image_size, style, str(root), {"style_from": reason})
 
 
-def describe_input(info: DatasetInfo) -> str:
-    """One line: the protocol a run uses for this data, its input size and why (printed at the start of training)."""
+def describe_input(info: DatasetInfo, crop_pad: int | None = None) -> str:
+    """One line: the protocol a run uses for this data, its input size and why (printed at the start of training);
+    `crop_pad` is the run's padding before the random crop (default: the paper's 4)."""
     from resnet.data.transforms import CIFAR_PAD, _scale_range, default_resize
 
     s = info.image_size
     if info.style == "small":
-        what = (f"small-image protocol at {s}x{s} (images fitted to {s}x{s}, pad {CIFAR_PAD}, random crop, flip; "
+        pad = CIFAR_PAD if crop_pad is None else crop_pad
+        crop = f"pad {pad}, random crop" if pad else "no crop"
+        what = (f"small-image protocol at {s}x{s} (images fitted to {s}x{s}, {crop}, flip; "
                 f"test: the image itself)")
     else:
         lo, hi = _scale_range(s)

@@ -198,7 +198,7 @@ class ClassificationTask:
         return f"{self.info.num_classes} classes"
 
     def describe(self) -> list[str]:
-        return [f"input: {describe_input(self.info)}"]
+        return [f"input: {describe_input(self.info, self.recipe.crop_pad)}"]
 
     def plot(self, rows: list[dict], path: Path, title: str) -> None:
         plot_curves({self.model_name: rows}, path, title=title)
