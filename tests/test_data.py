@@ -438,7 +438,7 @@ def test_cifar_train_crop_is_the_padded_image_shifted_at_most_4_px_and_flips_hal
 
 def test_the_printed_protocol_names_the_runs_crop_padding():
     assert "pad 4, random crop" in describe_input(small_info())  # the paper's
-    assert "pad 2, random crop" in describe_input(small_info(), crop_pad=2)  # --crop-pad 2 (the fast recipe)
+    assert "pad 2, random crop" in describe_input(small_info(), crop_pad=2)  # --crop-pad 2
     assert "no crop" in describe_input(small_info(), crop_pad=0) and "pad" not in describe_input(small_info(), 0)
 
 
