@@ -3,7 +3,7 @@
 Examples:
   resnet train --model resnet20 --data cifar10 --recipe paper-cifar --out runs/r20
   resnet train --model resnet20 --data fashion-mnist --epochs 3 --subset 5000
-  resnet train --model resnet20 --data fashion-mnist --recipe fast               # 94% in 8.4 minutes on 2 CPU cores
+  resnet train --model resnet20 --data fashion-mnist --recipe fast               # 94% in 8.6 minutes on 2 CPU cores
   resnet train --model resnet20 --data folder --data-dir my-images      # small images: CIFAR protocol, native size
   resnet train --resume runs/r20
   resnet train --model resnet50 --init torchvision-v2 --data folder --data-dir DIR --recipe finetune --freeze 1
