@@ -141,8 +141,8 @@ RECIPES: dict[str, Recipe] = {
     # at 12 epochs; pad 1 4.80% against pad 2's 4.94% at 40 epochs, lower on every view); flip-shift TTA (at 45
     # epochs 4.90% against 5.22% with flip alone, 5.66% with none); no label smoothing was worse (5.22% at 40
     # epochs); EMA of the weights (5.34% at 0.999) and random erasing (5.12% at p=0.5) did not help and are off.
-    # 13 epochs, the most that fit 10 minutes of a 2-core CPU with these evaluations, every 1,170 iterations (5 epochs of
-    # Fashion-MNIST: the one-cycle schedule peaks at its end) and after the last.
+    # 13 epochs, the most that fit 10 minutes of a 2-core CPU with these evaluations, every 1,170 iterations (5
+    # epochs of Fashion-MNIST: the one-cycle schedule peaks at its end) and after the last.
     "fast": Recipe(name="fast", batch_size=256, lr=0.4, weight_decay=5e-4, iters=None, epochs=13,
                    eval_every=1170, schedule="onecycle", warmup="off", warmup_fraction=0.15, decay_bn_bias=False,
                    nesterov=True, label_smoothing=0.1, tta="flip-shift", crop_pad=1, val_split=False),
