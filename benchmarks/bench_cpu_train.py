@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from resnet import precision
-from resnet.checkpoint import atomic_write_text
+from resnet.atomic import atomic_write_text
 from resnet.train.loop import train
 from resnet.train.recipes import get_recipe
 

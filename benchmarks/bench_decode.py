@@ -26,7 +26,7 @@ from PIL import Image, ImageFilter
 
 from resnet.data import dataset_info, get_dataset
 from resnet.data.transforms import test_transform
-from resnet.checkpoint import atomic_write_text
+from resnet.atomic import atomic_write_text
 
 RESULTS = Path(__file__).parent / "results" / "decode.json"
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from bench_cpu_train import cpu_model
 
-from resnet.checkpoint import atomic_write_text
+from resnet.atomic import atomic_write_text
 from resnet.detection import create_detector, detection_loss
 from resnet.detection.coco import collate_detection, detection_datasets
 

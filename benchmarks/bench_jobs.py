@@ -21,7 +21,7 @@ import torch
 from bench_cpu_train import cpu_model
 
 from resnet import precision
-from resnet.checkpoint import atomic_write_text
+from resnet.atomic import atomic_write_text
 from resnet.reproduce import reproduce
 from resnet.reproduce.experiments import DEGRADATION
 from resnet.reproduce.suite import usable_cpus

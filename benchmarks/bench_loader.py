@@ -18,7 +18,7 @@ import torch
 from resnet.data import get_dataset, load_tensors, pixel_mean
 from resnet.data.loaders import TensorLoader, build_loader
 from resnet.data.transforms import train_transform
-from resnet.checkpoint import atomic_write_text
+from resnet.atomic import atomic_write_text
 
 RESULTS = Path(__file__).parent / "results" / "loader.json"
 

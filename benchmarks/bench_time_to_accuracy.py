@@ -34,7 +34,7 @@ import torch
 from bench_cpu_train import cpu_model
 
 from resnet import precision
-from resnet.checkpoint import atomic_write_text
+from resnet.atomic import atomic_write_text
 from resnet.reproduce.suite import usable_cpus
 
 RESULTS = Path(__file__).parent / "results" / "time_to_accuracy.json"

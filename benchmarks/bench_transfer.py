@@ -22,7 +22,7 @@ import torch
 from bench_cpu_train import cpu_model
 from PIL import Image
 
-from resnet.checkpoint import atomic_write_text
+from resnet.atomic import atomic_write_text
 from resnet.data.small import FASHION_MNIST_CLASSES, fashion_mnist_root, read_fashion_mnist
 from resnet.data.sampling import balanced_sample
 from resnet.reproduce.suite import usable_cpus

@@ -51,7 +51,7 @@ from test_fault_pass import band_images, small_checkpoint  # noqa: E402
 from test_faults import nan_checkpoint  # noqa: E402
 
 from resnet import checkpoint, create_model  # noqa: E402
-from resnet.checkpoint import atomic_write_text  # noqa: E402
+from resnet.atomic import atomic_write_text  # noqa: E402
 from resnet.data.small import DEBIAN_FASHION_MNIST  # noqa: E402
 from resnet.train import rundir  # noqa: E402
 

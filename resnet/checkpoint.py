@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
+from resnet.atomic import atomic_write, fsync, temporary_name
 from resnet.faults import fault_point
 
 META_KEY = "resnet"
@@ -31,60 +31,8 @@ MEAN_KEY = "input_mean"
 WEIGHTS, STATE = "model.safetensors", "state.pt"  # the two files of a training checkpoint folder
 # fixed paths kept for readers of the older two-file layout: link name -> (pointer, file in the folder)
 LINKS = {"last.safetensors": ("last", WEIGHTS), "last.state.pt": ("last", STATE), "best.safetensors": ("best", WEIGHTS)}
-
-
-def temporary_name(path: Path) -> Path:
-    """A fresh hidden name beside `path` (`.NAME.XXXXXXXX.tmp`), for writing before a rename."""
-    return path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
 STD_KEY = "input_std"
 
-
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
-    """Call `write(tmp_path)`, then rename tmp_path onto `path` (atomic on POSIX).
-
-    The temporary file is created like `open` does (mode 0666 less the umask), flushed to disk
-    before the rename, and removed if `write` fails; an OSError names `path`, not the temporary file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_name(path)
-    try:
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        mode = tmp.stat().st_mode  # 0666 less the umask: kept even if `write` recreates the file (safetensors does)
-        write(str(tmp))
-        os.chmod(tmp, mode)
-        _fsync(tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        _discard(tmp)
-        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
-    except BaseException:
-        _discard(tmp)
-        raise
-    _fsync(path.parent)
-    return path
-
-
-def _discard(tmp: Path) -> None:
-    """Remove a temporary file if it is there; where even that fails (a read-only disk) the error that
-    matters is the write's, so this one is not raised."""
-    try:
-        tmp.unlink(missing_ok=True)
-    except OSError:
-        pass
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file's (or a directory's entries') data to disk, so a rename never exposes an empty file."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -301,7 +249,7 @@ def _symlink_atomic(path: Path, target: str) -> None:
     tmp = temporary_name(path)
     os.symlink(target, tmp)
     os.replace(tmp, path)
-    _fsync(path.parent)
+    fsync(path.parent)
 
 
 def _links_to(path: Path, target: str) -> bool:

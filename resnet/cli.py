@@ -12,6 +12,8 @@ import re
 import sys
 import traceback
 
+from resnet.errors import expected_failures, one_line
+
 COMMANDS = {
     "summary": ("resnet.commands.summary", "print a network's Table 1 view: stages, parameters, multiply-adds"),
     "eval": ("resnet.commands.eval", "top-1/top-5 error of checkpoints (and their ensemble): center, 10-crop, multi-scale"),
@@ -25,10 +27,6 @@ COMMANDS = {
     "data": ("resnet.commands.data", "get a dataset onto this machine (Fashion-MNIST: Debian package or download)"),
     "demo": ("resnet.commands.demo", "the degradation experiment in miniature (plain vs residual, two depths)"),
 }
-
-
-class UserError(Exception):
-    """A problem with the user's input: printed as one line, exit status 2."""
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -45,22 +43,6 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
             module.add_arguments(p)
             p.set_defaults(_run=module.run)
     return parser
-
-
-def expected_failures() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean bad input or a bad environment (not a bug): printed as one line, exit status 2."""
-    import torch
-    from safetensors import SafetensorError
-
-    return (UserError, ValueError, OSError, ConnectionError, SafetensorError, torch.cuda.OutOfMemoryError)
-
-
-def one_line(error: BaseException) -> str:
-    """The error as one line; an OSError names its file ('PATH: No space left on device'), for a rename the target."""
-    if isinstance(error, OSError) and error.filename is not None and error.strerror:
-        return f"{error.filename2 or error.filename}: {error.strerror}"
-    text = " ".join(str(error).split())
-    return text or type(error).__name__
 
 
 def rank() -> int:

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from resnet.checkpoint import atomic_write, check_finite
+from resnet.atomic import atomic_write
+from resnet.checkpoint import check_finite
 
 TOLERANCE = 1e-4
 # the opsets each exporter writes as asked (torch.onnx's documented ranges): (first, last, default)

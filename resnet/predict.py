@@ -147,7 +147,7 @@ def predictions_csv(results: list[dict]) -> str:
 
 def write_predictions(results: list[dict], out: str | Path) -> Path:
     """Write results atomically as JSON (.json) or CSV (.csv), chosen by the file's suffix."""
-    from resnet.checkpoint import atomic_write_text
+    from resnet.atomic import atomic_write_text
 
     out = Path(out)
     if out.suffix.lower() == ".json":

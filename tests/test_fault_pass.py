@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from helpers import randomize_bn
-from resnet import checkpoint
+from resnet import atomic, checkpoint
 from resnet.checkpoint import save_weights
 from resnet.cli import main
 from resnet.data import dataset_info, get_dataset
@@ -95,11 +95,11 @@ def test_a_failed_atomic_write_names_the_target_file(tmp_path, monkeypatch, caps
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(checkpoint.os, "open", refuse_temporaries)
+    monkeypatch.setattr(atomic.os, "open", refuse_temporaries)
     target = tmp_path / "out" / "results.json"
     with pytest.raises(OSError) as caught:
-        checkpoint.atomic_write_text(target, "{}")
-    from resnet.cli import one_line
+        atomic.atomic_write_text(target, "{}")
+    from resnet.errors import one_line
 
     assert one_line(caught.value) == f"{target}: Permission denied"
     assert not target.exists() and list(target.parent.iterdir()) == []

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 import resnet
 from conftest import learnable_images
 from helpers import TEST_DEVICE, write_idx
-from resnet import checkpoint, strictjson
+from resnet import atomic, checkpoint, strictjson
 from resnet.cli import main
 from resnet.train import rundir
 from resnet.train.loop import Interrupted, TrainingDiverged, train
@@ -278,7 +278,7 @@ def test_a_relative_data_dir_is_stored_absolute(fashion, tmp_path, monkeypatch):
 def test_files_follow_the_umask(tmp_path):
     old = os.umask(0o027)
     try:
-        checkpoint.atomic_write_text(tmp_path / "a.json", "{}")
+        atomic.atomic_write_text(tmp_path / "a.json", "{}")
         checkpoint.save_weights(tmp_path / "w.safetensors", resnet.create_model("resnet20", base_width=4))
     finally:
         os.umask(old)

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
         return evaluate_detector(args)
     from resnet import strictjson
-    from resnet.checkpoint import atomic_write_text
+    from resnet.atomic import atomic_write_text
     from resnet.device import resolve_device
     from resnet.evaluate.runner import evaluate_checkpoints, format_results
 

@@ -383,7 +383,7 @@ def _read_cached_mean(path: Path, meta: dict) -> torch.Tensor | None:
 
 
 def _write_cached_mean(path: Path, mean: torch.Tensor, meta: dict) -> None:
-    from resnet.checkpoint import atomic_write
+    from resnet.atomic import atomic_write
 
     try:
         atomic_write(path, lambda tmp: save_file({"mean": mean.contiguous()}, tmp, metadata=meta))

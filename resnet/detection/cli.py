@@ -35,7 +35,7 @@ def predict(args: argparse.Namespace) -> int:
 def evaluate(args: argparse.Namespace) -> int:
     """COCO box (and mask) AP of one detector checkpoint on a COCO-format split; --json OUT as classification."""
     from resnet import strictjson
-    from resnet.checkpoint import atomic_write_text
+    from resnet.atomic import atomic_write_text
     from resnet.detection.coco import detection_datasets
     from resnet.detection.evaluate import evaluate_detector
     from resnet.detection.models import load_detector

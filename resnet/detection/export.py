@@ -49,7 +49,8 @@ def export_detector(model: nn.Module, out: str | Path, image: torch.Tensor, *, o
     """Write the detector as ONNX (atomically) and check it on `image` ([C,H,W] on 0..1) against ONNX Runtime."""
     import onnx
 
-    from resnet.checkpoint import atomic_write, check_finite
+    from resnet.atomic import atomic_write
+    from resnet.checkpoint import check_finite
 
     out = Path(out)
     model = model.to("cpu").eval()

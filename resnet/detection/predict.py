@@ -86,7 +86,7 @@ def detections_csv(results: list[dict]) -> str:
 
 def write_detections(results: list[dict], out: str | Path) -> Path:
     """Results written atomically as JSON (.json) or CSV (.csv)."""
-    from resnet.checkpoint import atomic_write_text
+    from resnet.atomic import atomic_write_text
 
     out = Path(out)
     if out.suffix.lower() == ".json":
@@ -101,7 +101,7 @@ def draw_detections(results: list[dict], folder: str | Path) -> list[Path]:
     from PIL import Image
     from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
-    from resnet.checkpoint import atomic_write
+    from resnet.atomic import atomic_write
 
     folder = Path(folder)
     written = []

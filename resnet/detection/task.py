@@ -115,7 +115,7 @@ def plot_detection_curves(rows: list[dict], path: Path, title: str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from resnet.checkpoint import atomic_write
+    from resnet.atomic import atomic_write
 
     steps = [r["step"] for r in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), dpi=120)

@@ -77,7 +77,7 @@ def plot_responses(networks: Sequence[dict], path: str | Path) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    from resnet.checkpoint import atomic_write
+    from resnet.atomic import atomic_write
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 7))
     for net in networks:
@@ -117,7 +117,8 @@ def analyze_responses(checkpoints: Sequence[str | Path], data: str, *, data_dir:
     from resnet import strictjson
     from resnet.data.sampling import balanced_subset
     from resnet.evaluate.protocols import checkpoint_protocol
-    from resnet.checkpoint import atomic_write_text, load_model
+    from resnet.atomic import atomic_write_text
+    from resnet.checkpoint import load_model
     from resnet.data import dataset_info
     from resnet.evaluate.runner import check_compatible
 

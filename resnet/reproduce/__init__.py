@@ -10,7 +10,7 @@ import json
 import statistics
 from pathlib import Path
 
-from resnet.checkpoint import atomic_write_text
+from resnet.atomic import atomic_write_text
 from resnet.models import get_spec
 from resnet.reproduce import experiments
 from resnet.reproduce.experiments import EXPERIMENTS, PAPER_TABLE6, plan, recipe_for

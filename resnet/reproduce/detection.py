@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resnet import strictjson
-from resnet.checkpoint import atomic_write_text
+from resnet.atomic import atomic_write_text
 from resnet.train.curves import read_metrics
 from resnet.train.recipes import Recipe, get_recipe
 

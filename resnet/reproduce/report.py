@@ -11,7 +11,7 @@ import math
 import statistics
 from pathlib import Path
 
-from resnet.checkpoint import atomic_write_text
+from resnet.atomic import atomic_write_text
 from resnet.reproduce import experiments
 from resnet.reproduce.experiments import PAPER_ITERS, PAPER_TABLE6
 from resnet.train.curves import plot_panels, read_metrics

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from resnet import strictjson
-from resnet.checkpoint import atomic_write_text
+from resnet.atomic import atomic_write_text
 from resnet.reproduce.experiments import RunSpec, with_seed
 from resnet.train.curves import read_metrics
 from resnet.train.progress import last_logged_step

@@ -170,7 +170,7 @@ def worker_main(answer_fd: int, pending: list[int] | None = None) -> int:
     """Run one job read from stdin; write the outcome as JSON to `answer_fd`; return the exit status.
 
     `pending` holds the signals that arrived while the worker started (see BOOT): then the run is not started."""
-    from resnet.cli import expected_failures, one_line
+    from resnet.errors import expected_failures, one_line
     from resnet.reproduce.suite import run_one
     from resnet.train.loop import Interrupted
 

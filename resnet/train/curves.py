@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from resnet.checkpoint import atomic_write
+from resnet.atomic import atomic_write
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -21,8 +21,9 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from resnet import precision, strictjson
-from resnet.checkpoint import (atomic_write_text, check_finite, last_checkpoint, load_state_dict_checked, load_weights,
-                               model_meta, prune_checkpoints, save_training_checkpoint)
+from resnet.atomic import atomic_write_text
+from resnet.checkpoint import (check_finite, last_checkpoint, load_state_dict_checked, load_weights, model_meta,
+                               prune_checkpoints, save_training_checkpoint)
 from resnet.faults import fault_point
 from resnet.train import distributed, rundir, tensorboard
 from resnet.train.curves import read_metrics

@@ -10,7 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
-from resnet.checkpoint import atomic_write_text
+from resnet.atomic import atomic_write_text
 
 LOCK_FILE = ".lock"
 RUN_FILES = ("config.json", "metrics.jsonl", "curves.png", "checkpoints")
