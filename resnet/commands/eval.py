@@ -19,7 +19,8 @@ from resnet.evaluate.protocols import PAPER_SCALES, PROTOCOLS
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", action="append", required=True, metavar="PATH",
-                   help="a .safetensors checkpoint or a run directory; repeat for an ensemble")
+                   help="a .safetensors checkpoint, a run directory or an .onnx file from `resnet export` (fp32 or "
+                        "int8: run in ONNX Runtime with the file's own preprocessing); repeat for an ensemble")
     p.add_argument("--data", required=True, metavar="NAME",
                    help="dataset: cifar10, cifar100, fashion-mnist, imagenet, folder, synthetic; for a detector "
                         "fashion-scenes or coco (a COCO-format folder as --data-dir)")
@@ -56,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from resnet.atomic import atomic_write_text
     from resnet.device import resolve_device
     from resnet.evaluate.runner import evaluate_checkpoints, format_results
+    from resnet.inference import load_network
 
     if args.scales and args.protocol != "multiscale":
         raise ValueError("--scales applies to --protocol multiscale only")
@@ -69,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate_checkpoints(args.checkpoint, args.data, data_dir=args.data_dir, split=args.split,
                                   protocol=args.protocol, scales=args.scales, batch_size=args.batch_size,
                                   device=args.device, limit=args.limit, num_workers=args.workers,
-                                  progress=not args.no_progress, download=args.download, which=args.which)
+                                  progress=not args.no_progress, download=args.download, which=args.which,
+                                  load=load_network)
     print(format_results(result))
     if args.json:
         atomic_write_text(args.json, strictjson.dumps(result, indent=2))

@@ -1,0 +1,164 @@
+"""resnet.inference: one Classifier over checkpoints and ONNX files; eval/predict on ONNX files agree with the
+checkpoint and with ONNX Runtime run by hand; int8 export checked for accuracy (and refused when it is not)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from conftest import learnable_images, write_tiny_fashion
+from resnet.cli import main
+
+FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                 "Ankle boot"]
+
+
+def train_tiny(out: Path, steps: int = 40, seed: int = 0) -> tuple[torch.nn.Module, torch.Tensor]:
+    """A ResNet-20 of width 4 (10 outputs, as Fashion-MNIST) trained for `steps` SGD steps on the learnable
+    4-class band images (the tiny Fashion-MNIST's training set), saved as a checkpoint with the per-pixel mean;
+    a few seconds."""
+    from resnet.checkpoint import save_weights
+    from resnet.models import create_model
+
+    torch.manual_seed(seed)
+    images, labels = learnable_images(512, 0)
+    x, y = torch.from_numpy(images).float()[:, None] / 255, torch.from_numpy(labels).long()
+    mean = x.mean(0)
+    model = create_model("resnet20", num_classes=10, in_channels=1, base_width=4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+    for _ in range(steps):
+        i = torch.randint(0, len(x), (32,))
+        loss = F.cross_entropy(model(x[i] - mean), y[i])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():  # BN statistics of the whole training set, as a longer run would have
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.reset_running_stats()
+                m.momentum = None
+        model(x - mean)
+    model.eval()
+    names = FASHION_NAMES
+    meta = {"model": "resnet20", "options": model.options, "classes": [str(i) for i in range(10)],
+            "class_names": names, "dataset": "fashion-mnist", "image_size": 28, "style": "small"}
+    save_weights(out, model, meta, mean)
+    return model, mean
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(folder, tiny fashion data, checkpoint, its fp32 ONNX file, model, mean), made once for the module."""
+    folder = tmp_path_factory.mktemp("inference")
+    fashion = write_tiny_fashion(folder / "fashion")
+    model, mean = train_tiny(folder / "c.safetensors")
+    assert main(["export", "--checkpoint", str(folder / "c.safetensors"), "--out", str(folder / "c.onnx")]) == 0
+    return folder, fashion, folder / "c.safetensors", folder / "c.onnx", model, mean
+
+
+def test_images() -> tuple[np.ndarray, np.ndarray]:
+    """The tiny Fashion-MNIST's 128 test images and labels (write_tiny_fashion's seed)."""
+    return learnable_images(128, 1)
+
+
+test_images.__test__ = False  # a helper, not a test
+
+
+def ort_by_hand(path: Path, images: np.ndarray) -> np.ndarray:
+    """Softmax of ONNX Runtime's logits for uint8 images [N, H, W], normalised with the file's own mean."""
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    mean = np.array(json.loads(props["input_mean"]), dtype=np.float32)
+    x = (images[:, None].astype(np.float32) / 255 - mean).astype(np.float32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {session.get_inputs()[0].name: x})[0]
+    return torch.from_numpy(logits).softmax(1).numpy()
+
+
+def eval_json(tmp_path: Path, checkpoint: Path, fashion: Path, name: str, *extra: str) -> dict:
+    out = tmp_path / f"{name}.json"
+    assert main(["eval", "--checkpoint", str(checkpoint), "--data", "fashion-mnist", "--data-dir", str(fashion),
+                 "--workers", "0", "--no-progress", "--json", str(out), *extra]) == 0
+    return json.loads(out.read_text())
+
+
+def test_the_classifier_contract(trained):
+    from resnet.inference import load_classifier
+
+    folder, _, checkpoint, onnx_file, model, mean = trained
+    images, _ = test_images()
+    for source, engine in ((checkpoint, "torch-fp32"), (onnx_file, "onnxruntime-fp32")):
+        classifier = load_classifier(source, engine=None if engine.startswith("onnx") else engine)
+        assert classifier.engine == engine and classifier.name == "resnet20" and classifier.channels == 1
+        assert classifier.classes == FASHION_NAMES
+        views = [classifier.prepare(torch.from_numpy(image)[None]) for image in images[:5]]
+        probs = classifier.probabilities(views)
+        with torch.no_grad():
+            expected = F.softmax(model(torch.from_numpy(images[:5]).float()[:, None] / 255 - mean), 1)
+        assert probs.shape == (5, 10) and torch.allclose(probs, expected, atol=1e-5)
+        top = classifier.top(probs[0], 2)
+        assert [t["index"] for t in top] == expected[0].argsort(descending=True)[:2].tolist()
+        assert top[0]["class"] == classifier.classes[top[0]["index"]]
+
+
+def test_eval_on_the_fp32_onnx_file_equals_the_checkpoint_and_onnxruntime_by_hand(trained, tmp_path):
+    _, fashion, checkpoint, onnx_file, _, _ = trained
+    from_checkpoint = eval_json(tmp_path, checkpoint, fashion, "c")["members"][0]
+    from_onnx = eval_json(tmp_path, onnx_file, fashion, "o")["members"][0]
+    images, labels = test_images()
+    by_hand = ort_by_hand(onnx_file, images)
+    assert from_onnx["images"] == from_checkpoint["images"] == 128
+    assert from_onnx["top1_error"] == pytest.approx(float((by_hand.argmax(1) != labels).mean()), abs=1e-9)
+    assert abs(from_onnx["top1_error"] - from_checkpoint["top1_error"]) < 1e-4  # 0.01 points
+    assert from_onnx["loss"] == pytest.approx(from_checkpoint["loss"], rel=1e-4, abs=1e-6)
+
+
+def write_pngs(folder: Path, images: np.ndarray) -> list[Path]:
+    folder.mkdir(exist_ok=True)
+    paths = [folder / f"{i}.png" for i in range(len(images))]
+    for path, image in zip(paths, images):
+        Image.fromarray(image).save(path)
+    return paths
+
+
+def predict_json(capsys, checkpoint: Path, paths: list[Path], *extra: str) -> list[dict]:
+    assert main(["predict", "--checkpoint", str(checkpoint), *map(str, paths), "--json", "--top", "10", *extra]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_predict_on_the_fp32_onnx_file_equals_the_checkpoint(trained, tmp_path, capsys):
+    _, _, checkpoint, onnx_file, _, _ = trained
+    images, _ = test_images()
+    paths = write_pngs(tmp_path / "pics", images[:6])
+    from_checkpoint = predict_json(capsys, checkpoint, paths)
+    from_onnx = predict_json(capsys, onnx_file, paths, "--engine", "onnxruntime")
+    by_hand = ort_by_hand(onnx_file, images[:6])
+    for a, b, p in zip(from_checkpoint, from_onnx, by_hand):
+        assert a["engine"] == "torch-fp32" and b["engine"] == "onnxruntime-fp32"
+        assert [t["index"] for t in a["top"]] == [t["index"] for t in b["top"]] == list(np.argsort(-p, kind="stable"))
+        assert [t["probability"] for t in b["top"]] == pytest.approx(sorted(p, reverse=True), abs=1e-6)
+
+
+def test_engine_choice_is_said_and_wrong_engines_are_one_line(trained, tmp_path, capsys):
+    _, _, checkpoint, onnx_file, _, _ = trained
+    [path] = write_pngs(tmp_path / "pics", test_images()[0][:1])
+    assert main(["predict", "--checkpoint", str(onnx_file), str(path), "--engine", "onnxruntime"]) == 0
+    assert "resnet predict: engine onnxruntime-fp32" in capsys.readouterr().err
+    for source, engine, words in ((onnx_file, "torch-bf16", "ONNX file"), (checkpoint, "onnxruntime", "resnet export")):
+        assert main(["predict", "--checkpoint", str(source), str(path), "--engine", engine]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and words in err and "--engine" in err
+
+
+def test_the_commands_engine_list_is_the_librarys():
+    from resnet.commands.predict import ENGINES as listed
+    from resnet.inference import ENGINES
+
+    assert listed == ENGINES
