@@ -162,3 +162,66 @@ def test_the_commands_engine_list_is_the_librarys():
     from resnet.inference import ENGINES
 
     assert listed == ENGINES
+
+
+def int8_export(trained, out: Path, *extra: str) -> int:
+    _, fashion, checkpoint, _, _, _ = trained
+    return main(["export", "--checkpoint", str(checkpoint), "--out", str(out), "--int8", "--data-dir", str(fashion),
+                 "--calibration", "128", *extra])
+
+
+def test_int8_export_is_within_tolerance_and_eval_predict_run_it_as_onnxruntime_does(trained, tmp_path, capsys):
+    int8 = tmp_path / "c.int8.onnx"
+    assert int8_export(trained, int8) == 0
+    printed = capsys.readouterr().out
+    assert "int8" in printed and "fp32" in printed and "relative accuracy loss" in printed
+    graph = onnx.load(str(int8))
+    ops = {n.op_type for n in graph.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    assert any(t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4 for t in graph.graph.initializer)
+    props = {p.key: p.value for p in graph.metadata_props}
+    assert {"resnet", "input_mean", "input_size", "resize_size", "style", "class_names"} <= set(props)
+    record = json.loads(props["quantization"])
+    images, labels = test_images()
+    fp32_by_hand = ort_by_hand(trained[3], images)
+    int8_by_hand = ort_by_hand(int8, images)
+    int8_error = float((int8_by_hand.argmax(1) != labels).mean())
+    assert record["fp32_top1_error"] == pytest.approx(float((fp32_by_hand.argmax(1) != labels).mean()), abs=1e-9)
+    assert record["int8_top1_error"] == pytest.approx(int8_error, abs=1e-9)
+    assert record["fp32_top1_error"] < 0.1  # a trained net, so the check means something
+    assert record["relative_loss"] <= 0.01 and record["held_out"]["images"] == 128
+    assert not np.allclose(int8_by_hand, fp32_by_hand, atol=1e-6)  # really a different (int8) computation
+    assert eval_json(tmp_path, int8, trained[1], "i")["members"][0]["top1_error"] == pytest.approx(int8_error, abs=1e-9)
+    paths = write_pngs(tmp_path / "pics", images[:5])
+    capsys.readouterr()  # eval's table
+    for result, p in zip(predict_json(capsys, int8, paths), int8_by_hand[:5]):
+        assert result["engine"] == "onnxruntime-int8"
+        assert result["top"][0]["index"] == int(p.argmax())
+        assert result["top"][0]["probability"] == pytest.approx(float(p.max()), abs=1e-6)
+
+
+def test_int8_from_a_broken_calibration_set_is_refused_in_one_line(trained, tmp_path, capsys):
+    black = tmp_path / "black"
+    black.mkdir()
+    for i in range(8):  # calibration ranges from blank images: every real activation saturates
+        Image.new("L", (28, 28)).save(black / f"{i}.png")
+    out = tmp_path / "broken.int8.onnx"
+    assert int8_export(trained, out, "--calibration-data", str(black)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "int8 top-1 error" in err and "fp32" in err and "--max-int8-loss" in err
+    assert not out.exists() and list(tmp_path.glob("*.onnx*")) == []
+    assert int8_export(trained, out, "--calibration-data", str(black), "--max-int8-loss", "1") == 0  # overridden
+    assert json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}["quantization"])[
+        "relative_loss"] > 0.01
+
+
+def test_int8_on_a_detector_is_one_line(tmp_path, capsys):
+    from resnet.checkpoint import save_weights
+    from resnet.models import create_model
+
+    model = create_model("resnet20", base_width=4)  # only its metadata is read: it names a detector
+    save_weights(tmp_path / "d.safetensors", model, {"model": "resnet20", "detector": {"head": "c4"}})
+    assert main(["export", "--checkpoint", str(tmp_path / "d.safetensors"), "--out", str(tmp_path / "d.onnx"),
+                 "--int8"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--int8" in err and "detector" in err and not (tmp_path / "d.onnx").exists()
