@@ -225,3 +225,44 @@ def test_int8_on_a_detector_is_one_line(tmp_path, capsys):
                  "--int8"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--int8" in err and "detector" in err and not (tmp_path / "d.onnx").exists()
+
+
+def test_per_class_error_precision_recall_against_counts_and_the_confusion_png(trained, tmp_path, capsys):
+    _, fashion, checkpoint, _, model, mean = trained
+    png = tmp_path / "confusion.png"
+    result = eval_json(tmp_path, checkpoint, fashion, "c", "--confusion", str(png))
+    printed = capsys.readouterr().out
+    assert "per class" in printed and "precision %" in printed and "Ankle boot" in printed
+    member = result["members"][0]
+    images, labels = test_images()
+    with torch.no_grad():
+        predicted = model(torch.from_numpy(images).float()[:, None] / 255 - mean).argmax(1).numpy()
+    assert np.array(member["confusion"]).sum() == len(labels) == 128
+    for row in member["per_class"]:
+        k = row["index"]
+        tp = int(((predicted == k) & (labels == k)).sum())
+        fp, fn = int(((predicted == k) & (labels != k)).sum()), int(((predicted != k) & (labels == k)).sum())
+        assert row["class"] == FASHION_NAMES[k] and row["images"] == tp + fn
+        assert row["recall"] == (pytest.approx(tp / (tp + fn)) if tp + fn else None)
+        assert row["top1_error"] == (pytest.approx(fn / (tp + fn)) if tp + fn else None)
+        assert row["precision"] == (pytest.approx(tp / (tp + fp)) if tp + fp else None)
+    assert sum(r["images"] for r in member["per_class"]) == 128
+    with Image.open(png) as picture:
+        assert picture.format == "PNG" and picture.width > 300
+
+
+def test_the_final_evaluation_of_training_writes_per_class_and_the_confusion_matrix(tmp_path):
+    fashion = write_tiny_fashion(tmp_path / "fashion")
+    run = tmp_path / "run"
+    assert main(["train", "--model", "resnet20", "--base-width", "4", "--data", "fashion-mnist", "--data-dir",
+                 str(fashion), "--iters", "2", "--batch-size", "32", "--out", str(run), "--no-progress",
+                 "--num-workers", "0"]) == 0
+    record = json.loads((run / "per_class.json").read_text())
+    [final] = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1:]
+    test = record["test"]
+    assert np.array(test["confusion"]).sum() == final["test_images"] == 128
+    wrong = 128 - np.trace(np.array(test["confusion"]))
+    assert wrong / 128 == pytest.approx(final["test_top1_error"])  # the same evaluation as the metrics row
+    assert [r["class"] for r in test["per_class"]] == FASHION_NAMES
+    with Image.open(run / "confusion.png") as picture:
+        assert picture.format == "PNG"

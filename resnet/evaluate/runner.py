@@ -13,6 +13,7 @@ from tqdm import tqdm
 from resnet import precision
 from resnet.data.folder import Unreadable
 from resnet.data.loaders import default_workers, ignore_stop_signals
+from resnet.evaluate.confusion import MAX_TABLE_CLASSES
 from resnet.evaluate.ensemble import ensemble_scores
 from resnet.evaluate.metrics import ErrorMeter
 from resnet.evaluate.preprocess import InputNorm, input_norm
@@ -178,6 +179,10 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], data: str, *, data_d
     result = evaluate_models(models, norms, dataset, chosen, batch_size=batch_size, device=device,
                              num_workers=workers, progress=progress)
     result.update({"data": data, "split": split, "scales": list(getattr(chosen, "scales", ())) or None})
+    for member in [*result["members"], *([result["ensemble"]] if "ensemble" in result else [])]:
+        for row in member["per_class"]:
+            row["class"] = str(info.classes[row["index"]]) if row["index"] < len(info.classes) else row["class"]
+    result["classes"] = [str(c) for c in info.classes]
     for path, model, member in zip(checkpoints, models, result["members"]):
         member.update({"checkpoint": str(path), "model": model.meta.get("model")})
         if Path(path).is_dir():  # which weights of the run were scored
@@ -207,6 +212,12 @@ def format_results(result: dict) -> str:
     title = f"{result.get('data', '')} {result.get('split', '')} ({result['protocol']})".strip()
     lines = [title, fmt.format(*header), fmt.format(*("-" * w for w in widths))]
     lines += [fmt.format(*row) for row in body]
+    scored = result.get("ensemble") or result["members"][0]
+    if scored.get("per_class") and len(scored["per_class"]) <= MAX_TABLE_CLASSES:
+        from resnet.evaluate.confusion import format_per_class
+
+        lines += ["", f"per class ({'ensemble' if 'ensemble' in result else rows[0][0]}):",
+                  format_per_class(scored["per_class"])]
     skipped = result.get("skipped") or []
     if skipped:
         lines.append(f"skipped {len(skipped)} unreadable image(s): " + ", ".join(s["image"] for s in skipped))
