@@ -278,15 +278,17 @@ def main(argv: list[str] | None = None) -> dict:
         engines, repeats = [e for e in args.engines if e != "torch-compile"], 2
     else:
         setups = []
-        if "resnet50" in args.models:
-            setups.append((resnet50_setup(args.r50_checkpoint), [1, 32], 32))
         if "resnet20" in args.models:
-            setups.append((resnet20_setup(args.r20_checkpoint, args.data_dir, args.eval_images, False), [1, 256], 256))
+            setups.append(lambda: (resnet20_setup(args.r20_checkpoint, args.data_dir, args.eval_images, False),
+                                   [1, 256], 256))
+        if "resnet50" in args.models:
+            setups.append(lambda: (resnet50_setup(args.r50_checkpoint), [1, 32], 32))
         engines, repeats = args.engines, args.repeats
-    for setup, batches, eval_batch in setups:
+    for make in setups:
+        setup, batches, eval_batch = make() if callable(make) else make
         result["models"][setup["name"]] = bench_model(setup, batches, engines, threads, repeats, eval_batch)
-    result["load_end"] = load()
-    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+        result["load_end"] = load()
+        atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")  # each model's rows as soon as they exist
     print(table(result))
     return result
 
