@@ -12,14 +12,24 @@ Compressor's default; MLPerf asks 99% of fp32 for ResNet-50) writes nothing and 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
+from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                      quantize_static)
 
 from resnet.atomic import atomic_write
+from resnet.data import get_dataset
+from resnet.data.sampling import balanced_subset
+from resnet.evaluate.runner import evaluate_checkpoints
+from resnet.export import export_onnx
+from resnet.inference.classifier import load_classifier, load_network
+from resnet.predict import gather_images, read_image
 
 MAX_LOSS = 0.01  # relative top-1 accuracy loss allowed: (acc_fp32 - acc_int8) / acc_fp32
 
@@ -36,14 +46,9 @@ def calibration_views(classifier, source: str | None, data: str | None, data_dir
     folder of images (`source` an existing folder), a dataset's training split (`source` a dataset name), or
     the checkpoint's own dataset (`source` None, `data`) - a seeded class-balanced sample."""
     if source is not None and Path(source).is_dir():
-        from resnet.predict import gather_images, read_image
-
         files = gather_images([source])[:count]
         views = [classifier.prepare(read_image(f, classifier.channels))[0] for f in files]
     else:
-        from resnet.data import get_dataset
-        from resnet.data.sampling import balanced_subset
-
         name = source or data
         if not name:
             raise ValueError("--int8: the checkpoint does not say which dataset it was trained on; give "
@@ -57,8 +62,6 @@ def calibration_views(classifier, source: str | None, data: str | None, data_dir
 
 def calibration_reader(inputs: torch.Tensor, input_name: str, batch_size: int = 32):
     """An ONNX Runtime CalibrationDataReader over `inputs` in batches."""
-    from onnxruntime.quantization import CalibrationDataReader
-
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
             self.batches = iter(np.ascontiguousarray(inputs[i:i + batch_size].numpy())
@@ -73,11 +76,6 @@ def calibration_reader(inputs: torch.Tensor, input_name: str, batch_size: int = 
 
 def quantize_onnx(fp32: Path, out: Path, inputs: torch.Tensor) -> dict:
     """Write `out`, the int8 QDQ model of `fp32` calibrated on `inputs`; returns how it was quantised."""
-    import logging
-
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
     logging.getLogger("root").setLevel(logging.ERROR)  # ORT's "consider pre-processing" advice on every call
     graph = onnx.load(str(fp32))
     reader = calibration_reader(inputs, graph.graph.input[0].name)
@@ -99,17 +97,12 @@ def quantize_onnx(fp32: Path, out: Path, inputs: torch.Tensor) -> dict:
 def held_out_errors(files: list[Path], data: str, data_dir: str | None, limit: int | None,
                     progress: bool) -> dict:
     """`resnet eval` of the ONNX files side by side on the held-out split: {split, images, members}."""
-    from resnet.evaluate.runner import evaluate_checkpoints
-    from resnet.inference.classifier import load_network
-
     result = evaluate_checkpoints([str(f) for f in files], data, data_dir=data_dir, split="test", limit=limit,
                                   progress=progress, load=load_network, num_workers=0)
     return {"split": result["split"], "data": data, "members": result["members"]}
 
 
 def _add_quantization(path: Path, record: dict) -> None:
-    import onnx
-
     graph = onnx.load(str(path))
     entry = graph.metadata_props.add()
     entry.key, entry.value = "quantization", json.dumps(record)
@@ -121,9 +114,6 @@ def export_int8(model: torch.nn.Module, out: str | Path, *, image_size: int, ops
                 max_loss: float = MAX_LOSS, eval_limit: int | None = None, progress: bool = True) -> dict:
     """Export `model` to fp32 ONNX (checked against torch), quantise it to int8, score both on the held-out
     split and write the int8 file to `out` (atomically) only when its relative accuracy loss <= `max_loss`."""
-    from resnet.export import export_onnx
-    from resnet.inference.classifier import load_classifier
-
     out = Path(out)
     data = meta.get("dataset")
     with tempfile.TemporaryDirectory(prefix="resnet-int8-") as tmp:
