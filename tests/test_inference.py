@@ -182,6 +182,12 @@ def test_int8_export_is_within_tolerance_and_eval_predict_run_it_as_onnxruntime_
     props = {p.key: p.value for p in graph.metadata_props}
     assert {"resnet", "input_mean", "input_size", "resize_size", "style", "class_names"} <= set(props)
     record = json.loads(props["quantization"])
+    options = ort.SessionOptions()  # what ONNX Runtime runs: every conv fused into an int8 QLinearConv
+    options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    ort.InferenceSession(str(int8), options, providers=["CPUExecutionProvider"])
+    ran = [n.op_type for n in onnx.load(str(tmp_path / "optimised.onnx")).graph.node]
+    convs = sum(n.op_type == "Conv" for n in onnx.load(str(trained[3])).graph.node)
+    assert ran.count("QLinearConv") == convs == 19 and "Conv" not in ran and "FusedConv" not in ran
     [gemm] = [n for n in graph.graph.node if n.op_type == "Gemm"]  # the classifier stays fp32 (no tied logits)
     floats = {t.name for t in graph.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
     assert record["fp32_nodes"] == [gemm.name] and gemm.input[1] in floats
