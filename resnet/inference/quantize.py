@@ -2,8 +2,9 @@
 
 ONNX Runtime's own tools do the work (`onnxruntime.quantization.quantize_static`): QDQ format (QuantizeLinear /
 DequantizeLinear pairs that ORT fuses into int8 kernels), per-channel int8 weights, uint8 activations (U8S8, the
-x86 format that VNNI/AMX instructions compute), the final fully-connected layer left in fp32, min-max ranges calibrated on `calibration` images of the run's
-own training data (or a folder of images, or another dataset). The int8 and fp32 ONNX files are then scored on
+x86 format that VNNI/AMX instructions compute), the final fully-connected layer left in fp32, min-max ranges
+calibrated on `calibration` images of the run's own training data (or a folder of images, or another dataset),
+after ONNX Runtime's pre-processing (`quant_pre_process`). The int8 and fp32 ONNX files are then scored on
 the held-out split side by side (one pass over the data through `resnet eval`'s code), both errors go into the
 int8 file's metadata ("quantization"), and a relative accuracy loss above `max_loss` (1%: Intel Neural
 Compressor's default; MLPerf asks 99% of fp32 for ResNet-50) writes nothing and says so in one line.
@@ -144,7 +145,8 @@ def export_int8(model: torch.nn.Module, out: str | Path, *, image_size: int, ops
         if loss > max_loss:
             raise ValueError(f"{out}: int8 top-1 error {100 * int8_error:.2f}% against fp32 {100 * fp32_error:.2f}% "
                              f"on {record['held_out']['images']} held-out images is a {100 * loss:.2f}% relative "
-                             f"loss (> {100 * max_loss:g}%); nothing written (--max-int8-loss {max(0.05, 2 * loss):.2f} "
+                             f"loss (> {100 * max_loss:g}%); nothing written "
+                             f"(--max-int8-loss {max(0.05, 2 * loss):.2f} "
                              f"accepts it, or calibrate on more images with --calibration)")
         _add_quantization(int8, record)
         atomic_write(out, lambda path: shutil.copyfile(int8, path))
