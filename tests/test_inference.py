@@ -182,6 +182,15 @@ def test_int8_export_is_within_tolerance_and_eval_predict_run_it_as_onnxruntime_
     props = {p.key: p.value for p in graph.metadata_props}
     assert {"resnet", "input_mean", "input_size", "resize_size", "style", "class_names"} <= set(props)
     record = json.loads(props["quantization"])
+    options = ort.SessionOptions()  # what ONNX Runtime runs: every conv fused into an int8 QLinearConv
+    options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    ort.InferenceSession(str(int8), options, providers=["CPUExecutionProvider"])
+    ran = [n.op_type for n in onnx.load(str(tmp_path / "optimised.onnx")).graph.node]
+    convs = sum(n.op_type == "Conv" for n in onnx.load(str(trained[3])).graph.node)
+    assert ran.count("QLinearConv") == convs == 19 and "Conv" not in ran and "FusedConv" not in ran
+    [gemm] = [n for n in graph.graph.node if n.op_type == "Gemm"]  # the classifier stays fp32 (no tied logits)
+    floats = {t.name for t in graph.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    assert record["fp32_nodes"] == [gemm.name] and gemm.input[1] in floats
     images, labels = test_images()
     fp32_by_hand = ort_by_hand(trained[3], images)
     int8_by_hand = ort_by_hand(int8, images)
@@ -266,3 +275,18 @@ def test_the_final_evaluation_of_training_writes_per_class_and_the_confusion_mat
     assert [r["class"] for r in test["per_class"]] == FASHION_NAMES
     with Image.open(run / "confusion.png") as picture:
         assert picture.format == "PNG"
+
+
+def test_every_command_in_docs_inference_parses():
+    import re
+    import shlex
+
+    from resnet.cli import build_parser
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "inference.md").read_text()
+    lines = [line for block in re.findall(r"```bash\n(.*?)```", text, re.S) for line in block.splitlines()
+             if line.startswith("resnet ")]
+    assert len(lines) >= 12
+    for line in lines:
+        argv = shlex.split(line.split("  #")[0])[1:]
+        build_parser(argv).parse_args(argv)  # SystemExit on an option the CLI does not have

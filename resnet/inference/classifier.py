@@ -7,6 +7,7 @@ own view-making, `probabilities` its `scores` with the checkpoint's `InputNorm`;
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from resnet import precision
+from resnet.checkpoint import load_model
 from resnet.evaluate.preprocess import InputNorm, input_norm
 from resnet.evaluate.protocols import Protocol, checkpoint_protocol
 from resnet.inference.onnx_net import OnnxNet, is_onnx
@@ -101,8 +103,6 @@ def load_network(source: str | Path, device: str | torch.device = "cpu", which: 
     if is_onnx(source):
         check_engine(source, None, device)
         return OnnxNet(source)
-    from resnet.checkpoint import load_model
-
     return load_model(source, device, which)
 
 
@@ -128,8 +128,6 @@ def recorded_errors(source: str | Path) -> dict:
     int8 file's quantization record; {} when nothing was recorded."""
     path = Path(source)
     if path.is_dir() and (path / "metrics.jsonl").is_file():
-        import json
-
         rows = []
         for line in (path / "metrics.jsonl").read_text().splitlines():
             try:

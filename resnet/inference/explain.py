@@ -11,11 +11,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import torch
+from captum.attr import LayerAttribution, LayerGradCam
+from PIL import Image
 from torch import nn
 
 from resnet.atomic import atomic_write
+from resnet.predict import gather_images, read_image
 
 
 def find_layer(model: nn.Module, name: str | None) -> tuple[str, nn.Module]:
@@ -39,8 +43,6 @@ def find_layer(model: nn.Module, name: str | None) -> tuple[str, nn.Module]:
 
 def grad_cam(model: nn.Module, x: torch.Tensor, target: int, layer: nn.Module) -> torch.Tensor:
     """The Grad-CAM map [H, W] of class `target` for one normalised input x [1, C, H, W], scaled to 0..1."""
-    from captum.attr import LayerAttribution, LayerGradCam
-
     model = model.eval()
     with torch.enable_grad():
         cam = LayerGradCam(model, layer).attribute(x.requires_grad_(True), target=int(target),
@@ -54,8 +56,6 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target: int, layer: nn.Module) -
 def overlay(view: torch.Tensor, heat: torch.Tensor, alpha: float = 0.5, scale: int = 1) -> np.ndarray:
     """An RGB uint8 picture [H, W, 3]: the view (0..1, grey or RGB) with the heat map (jet colours) over it,
     enlarged `scale` times (nearest) so that a 28-pixel image can be seen."""
-    import matplotlib
-
     rgb = view.expand(3, -1, -1) if view.shape[0] == 1 else view[:3]
     colours = torch.from_numpy(matplotlib.colormaps["jet"](heat.numpy())[..., :3]).permute(2, 0, 1).float()
     mixed = ((1 - alpha) * rgb + alpha * colours).clamp(0, 1)
@@ -67,10 +67,6 @@ def explain(classifier, images: list[str | Path], out: str | Path, target: int |
             layer: str | None = None) -> list[dict]:
     """Grad-CAM overlays of image files into folder `out` (NAME.gradcam.png), for the predicted class or
     `target`; returns [{image, out, class, index, probability, predicted, peak: [row, col]}]."""
-    from PIL import Image
-
-    from resnet.predict import gather_images, read_image
-
     net = classifier.net
     if not isinstance(net, nn.Module):
         raise ValueError(f"Grad-CAM needs the network's gradients: give the checkpoint the ONNX file came from, "

@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import torch
 
 
@@ -23,8 +25,6 @@ def is_onnx(source: str | Path) -> bool:
 
 def read_props(path: str | Path) -> dict[str, str]:
     """The metadata_props of an ONNX file as a dict; one line naming the file when it is missing or not ONNX."""
-    import onnx
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such ONNX file")
@@ -68,8 +68,6 @@ def onnx_meta(path: str | Path, props: dict[str, str] | None = None) -> dict:
 def session_options(threads: int | None = None):
     """ONNX Runtime session options: all graph optimisations, `threads` intra-op threads (None: ORT's default,
     one per physical core)."""
-    import onnxruntime as ort
-
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
@@ -83,8 +81,6 @@ class OnnxNet:
     amp = False  # the scores are the file's own arithmetic: no autocast or channels_last around it
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
         self.path = Path(path)
         props = read_props(self.path)
         self.meta = onnx_meta(self.path, props)
