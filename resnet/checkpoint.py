@@ -175,7 +175,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", which: str 
     ([C,1,1], or None when the weights expect only the mean subtracted). A published weights name or file
     (`resnet20.akamaster-cifar10`, `resnet50-0676ba61.pth`) is loaded by `resnet.weights.load_published`.
     """
-    from resnet.models import create_model
+    from resnet.models import build_model
     from resnet.weights import is_published, load_published
 
     if is_published(path):
@@ -185,7 +185,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", which: str 
     check_meta(meta, str(file))
     check_finite({**state, **({MEAN_KEY: mean} if mean is not None else {})}, str(file))
     try:
-        model = create_model(meta["model"], **meta.get("options", {}))
+        model = build_model(meta["model"], **meta.get("options", {}))
     except (TypeError, ValueError, KeyError) as e:
         raise ValueError(f"{file}: its metadata does not describe a network we can build ({e})") from None
     load_state_dict_checked(model, state, str(file), meta["model"])

@@ -24,6 +24,7 @@ from torch import nn
 
 from resnet.convert import (CIFAR10_CLASSES, IMAGENET_MEAN, IMAGENET_STD, SOURCE_OPTIONS, from_akamaster,
                             is_akamaster, read_state_dict)
+from resnet.models import build_model
 
 TORCHVISION = "https://download.pytorch.org/models/"
 TIMM_RSB = "https://github.com/huggingface/pytorch-image-models/releases/download/v0.1-rsb-weights/"
@@ -372,22 +373,21 @@ def _check_keys(own: dict, state: dict, source: str, target: str) -> None:
 
 
 def create_model(name: str, *, pretrained: str | Path | None = None, **options) -> nn.Module:
-    """`resnet.models.create_model`, optionally with pretrained weights: a name (`resnet weights`) or a file.
+    """A network of the paper by name (`resnet.create_model`): `resnet.models.build_model(name, **options)`,
+    optionally with pretrained weights: a name (`resnet weights`) or a file.
 
     The weights decide the stride placement and shortcut (torchvision/timm: stride in the 3x3 conv,
     option B); `num_classes` other than theirs gets a fresh classifier. The model carries the weights'
     input normalisation (`.input_mean`, `.input_std`) and test preprocessing (`.meta`).
     """
-    from resnet.models import create_model as build
-
     if pretrained is None:
-        return build(name, **options)
+        return build_model(name, **options)
     weights = load_pretrained(name, pretrained)
     conflicts = [f"{k}={options[k]!r}" for k, v in weights.options.items()
                  if options.get(k) is not None and options[k] != v]
     if conflicts:
         raise ValueError(f"pretrained={pretrained}: the weights need {weights.options}, not {', '.join(conflicts)}")
-    model = build(name, **{**options, **weights.options})
+    model = build_model(name, **{**options, **weights.options})
     notes = fit(model, weights)
     for note in notes:
         print(note, file=sys.stderr)

@@ -60,9 +60,9 @@ _BUILT = {"self", "backbone", "num_classes", "rpn_anchor_generator", "rpn_head",
 
 
 def _net_options() -> set[str]:
-    from resnet.models import create_model
+    from resnet.models import build_model
 
-    return set(inspect.signature(create_model).parameters) - {"name", "num_classes"}
+    return set(inspect.signature(build_model).parameters) - {"name", "num_classes"}
 
 
 def _rcnn_options() -> set[str]:
@@ -94,15 +94,15 @@ def _per_channel(stat: torch.Tensor | None, channels: int, default: tuple[float,
 
 def _backbone_net(backbone: str, net_options: dict, backbone_weights: str | Path | None) -> tuple[nn.Module, str | None]:
     """Our classification net (weights loaded, conv1 fitted to in_channels) and the weights' source."""
-    from resnet.models import create_model
+    from resnet.models import build_model
 
     if backbone_weights is None:
-        return create_model(backbone, **net_options), None
+        return build_model(backbone, **net_options), None
     from resnet.train.finetune import read_init
     from resnet.weights import fit
 
     pretrained, merged, notes = read_init(backbone, backbone_weights, net_options)
-    net = create_model(backbone, **merged)
+    net = build_model(backbone, **merged)
     notes += [n for n in fit(net, pretrained) if not n.startswith("fc:")]  # the classifier is not used
     for note in notes:
         print(f"backbone weights: {note}", file=sys.stderr)
@@ -160,10 +160,10 @@ def _num_classes(num_classes: int | None, class_names: list[str] | None) -> int:
 
 def build_detector(spec: dict, net: nn.Module | None = None) -> FasterRCNN:
     """The detector a spec (`model.spec`, `meta["detector"]`) describes; `net`: its backbone, weights loaded."""
-    from resnet.models import create_model
+    from resnet.models import build_model
 
     if net is None:
-        net = create_model(spec["backbone"], **spec["net_options"])
+        net = build_model(spec["backbone"], **spec["net_options"])
     freeze_backbone(net, spec["trainable_stages"], spec["frozen_bn"])
     options = dict(spec["detector_options"])
     num_classes, masks = spec["num_classes"], spec["masks"]

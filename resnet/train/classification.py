@@ -18,7 +18,7 @@ from resnet.data.batch_augment import BatchMix, low_resolution, random_erase
 from resnet.data.datasets import describe_input
 from resnet.data.loaders import TTA_VIEWS, TensorLoader, build_loader, tta_view
 from resnet.evaluate.metrics import topk_errors
-from resnet.models import create_model
+from resnet.models import build_model
 from resnet.train import distributed, finetune
 from resnet.train.curves import plot_curves
 from resnet.train.progress import error_parts
@@ -94,7 +94,7 @@ def _file_loaders(data, info, mean, recipe, dist, device, split_options):
 
 def make_model(model_name: str, info, mean: torch.Tensor, options: dict) -> nn.Module:
     options = {"num_classes": info.num_classes, "in_channels": info.channels, **options}
-    model = create_model(model_name, **options)
+    model = build_model(model_name, **options)
     model.meta = {"classes": list(info.classes), "class_names": list(info.class_names), "dataset": info.name,
                   "image_size": info.image_size, "style": info.style}
     model.input_mean = mean
