@@ -21,6 +21,9 @@ from pathlib import Path
 
 import torch
 
+from resnet.checkpoint import check_finite, load_state_dict_checked, save_weights
+from resnet.models import build_model, get_spec
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -101,9 +104,6 @@ def convert(source: str, src: str | Path, model_name: str, out: str | Path, clas
     Weights holding NaN or infinity are refused before anything is written. `image_size` defaults to
     the source's training size (224 ImageNet, 32 CIFAR).
     """
-    from resnet.checkpoint import check_finite, load_state_dict_checked, save_weights
-    from resnet.models import build_model, get_spec
-
     spec = get_spec(model_name)
     if source in SOURCE_FAMILY and spec.family != SOURCE_FAMILY[source]:
         which = "ImageNet nets of Table 1" if SOURCE_FAMILY[source] == "imagenet" else "CIFAR nets of section 4.2"

@@ -19,7 +19,9 @@ import torch
 from torch import nn
 from torchvision.transforms.v2.functional import pil_to_tensor
 
+from resnet.atomic import atomic_write_text
 from resnet.data.folder import MAX_PIXELS, decode_image, image_files, open_checked
+from resnet.evaluate.memory import batch_that_fits, views_bytes
 from resnet.evaluate.preprocess import input_norm
 from resnet.evaluate.protocols import Protocol, checkpoint_protocol
 
@@ -76,8 +78,6 @@ def predict(model: nn.Module, images: Sequence[str | Path], top: int = 5, protoc
     was readable. `amp=False` computes in exact fp32 (`--no-amp`); None uses the device's fast path.
     """
     import sys
-
-    from resnet.evaluate.memory import batch_that_fits, views_bytes
 
     meta = getattr(model, "meta", {}) or {}
     if getattr(model, "input_mean", None) is None:
@@ -147,8 +147,6 @@ def predictions_csv(results: list[dict]) -> str:
 
 def write_predictions(results: list[dict], out: str | Path) -> Path:
     """Write results atomically as JSON (.json) or CSV (.csv), chosen by the file's suffix."""
-    from resnet.atomic import atomic_write_text
-
     out = Path(out)
     if out.suffix.lower() == ".json":
         return atomic_write_text(out, json.dumps(results, indent=2))

@@ -22,9 +22,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from resnet.checkpoint import check_finite, load_checkpoint, load_weights, weights_path
 from resnet.convert import (CIFAR10_CLASSES, IMAGENET_MEAN, IMAGENET_STD, SOURCE_OPTIONS, from_akamaster,
                             is_akamaster, read_state_dict)
 from resnet.models import build_model
+from resnet.models.registry import SPECS
 
 TORCHVISION = "https://download.pytorch.org/models/"
 TIMM_RSB = "https://github.com/huggingface/pytorch-image-models/releases/download/v0.1-rsb-weights/"
@@ -200,8 +202,6 @@ def _published(weights: Weights, state: dict[str, torch.Tensor], source: str) ->
 
     NaN or infinite weights are refused here, before any net is built or trained from them.
     """
-    from resnet.checkpoint import check_finite
-
     check_finite(state, source)
     if is_akamaster(state):
         state = from_akamaster(state)
@@ -219,8 +219,6 @@ def _published(weights: Weights, state: dict[str, torch.Tensor], source: str) ->
 
 def _own_checkpoint(path: Path) -> Pretrained | None:
     """One of our checkpoints (a run directory or a .safetensors file with our metadata), else None."""
-    from resnet.checkpoint import load_weights, weights_path
-
     if not (path.is_dir() or path.suffix == ".safetensors"):
         return None
     file = weights_path(path)
@@ -274,8 +272,6 @@ def load_pretrained(model: str, name_or_path: str | Path) -> Pretrained:
 def is_published(name_or_path: str | Path) -> bool:
     """True for what `load_published` reads rather than our checkpoint loader: a weights name (or what looks like
     one: `resnet20.akamaster-cifar1`), or a torch file (.pth/.pt/.th/.bin, torchvision's, timm's or akamaster's)."""
-    from resnet.models.registry import SPECS
-
     text = str(name_or_path)
     path = Path(text).expanduser()
     if text in WEIGHTS:
@@ -308,6 +304,18 @@ def load_published(name_or_path: str | Path, device: str | torch.device = "cpu")
         meta["input_std"] = model.input_std.flatten().tolist()
     model.meta = meta
     return model.to(device).eval()
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", which: str = "best") -> nn.Module:
+    """The trained network, in eval mode (`resnet.load_model`): from one of our run directories or .safetensors
+    checkpoints (`resnet.checkpoint.load_checkpoint`; `which`: its best or last), or published weights by name or
+    file (`resnet20.akamaster-cifar10`, `resnet50-0676ba61.pth`: `load_published`).
+
+    The model carries `.meta` (classes, dataset, image size, ...), `.input_mean` and `.input_std`.
+    """
+    if is_published(path):
+        return load_published(path, device)
+    return load_checkpoint(path, device, which)
 
 
 # ----------------------------------------------------------------------------- fitting weights to a net
@@ -409,4 +417,4 @@ def weights_table() -> list[dict]:
 
 
 __all__ = ["WEIGHTS", "Pretrained", "Weights", "create_model", "download", "entry_for_file", "fit", "is_published",
-           "list_weights", "load_pretrained", "load_published", "weights_table"]
+           "list_weights", "load_model", "load_pretrained", "load_published", "weights_table"]

@@ -21,7 +21,7 @@ from PIL import Image
 
 import resnet
 from resnet import weights
-from resnet.checkpoint import load_model
+from resnet.weights import load_model
 from resnet.cli import main
 from resnet.evaluate import input_norm
 

@@ -11,7 +11,7 @@ from torchvision.transforms import v2
 from resnet.cli import main
 from resnet.convert import convert, read_state_dict
 from resnet.evaluate import input_norm
-from resnet.checkpoint import load_model
+from resnet.weights import load_model
 from helpers import randomize_bn as randomize
 
 

@@ -86,7 +86,8 @@ def test_shortcut_a_gradient_is_the_strided_slices(dtype):
 
 def test_shortcut_a_zeros_split_before_and_after_and_recorded(tmp_path):
     """zero_pad="both" (akamaster's layout): 8 zero channels, the identity's 16, 8 zero channels."""
-    from resnet.checkpoint import load_model, save_weights
+    from resnet.checkpoint import save_weights
+    from resnet.weights import load_model
 
     model = create_model("resnet20", zero_pad="both").eval()
     x = torch.randn(1, 16, 8, 8)

@@ -115,7 +115,7 @@ def test_damaged_suite_files_are_one_line_naming_the_file(tiny_fashion, tmp_path
 
 def test_a_run_that_returns_no_test_error_is_summarised_from_its_metrics(tmp_path):
     from resnet.reproduce.experiments import plan
-    from resnet.reproduce.suite import summarize
+    from resnet.reproduce.runs import summarize
 
     spec = plan("table6", (20,))[0]
     run = tmp_path / spec.name

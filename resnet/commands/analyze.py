@@ -23,6 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here, not at the top: `resnet analyze --help` loads this module only, and stays fast
     from resnet.device import resolve_device
     from resnet.evaluate.analysis import analyze_responses
 

@@ -46,6 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here, not at the top: `resnet eval --help` loads this module only, and stays fast
     from resnet.detection import is_detector_checkpoint
 
     if is_detector_checkpoint(args.checkpoint[0]):  # COCO box/mask AP (--data fashion-scenes or coco)

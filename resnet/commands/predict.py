@@ -36,6 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here, not at the top: `resnet predict --help` loads this module only, and stays fast
     from resnet.detection import is_detector_checkpoint
 
     if is_detector_checkpoint(args.checkpoint):  # boxes, classes, scores (and masks): resnet/detection/cli.py
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
         return predict_detections(args)
     from resnet import strictjson
-    from resnet.checkpoint import load_model
+    from resnet.weights import load_model
     from resnet.device import resolve_device
     from resnet.predict import format_predictions, predict, write_predictions
 

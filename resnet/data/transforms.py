@@ -8,14 +8,13 @@ transform needs.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-if TYPE_CHECKING:
-    from resnet.data.datasets import DatasetInfo
+from resnet.data.info import DatasetInfo
 
 # AlexNet's PCA colour augmentation: eigen-decomposition of ImageNet's RGB covariance (0..1 scale).
 IMAGENET_EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045])

@@ -31,6 +31,7 @@ from torchvision.transforms.v2 import functional as TF
 from resnet import precision
 from resnet.data.loaders import tta_views
 from resnet.data.transforms import default_resize, fit
+from resnet.evaluate.memory import chunks_for
 from resnet.evaluate.preprocess import InputNorm
 
 PAPER_SCALES = (224, 256, 384, 480, 640)
@@ -65,8 +66,6 @@ def softmax_scores(model: nn.Module, x: torch.Tensor, amp: bool | None = None) -
 
     The batch goes through the network in chunks small enough for the memory there is (resnet/evaluate/memory.py),
     so an oversized --batch-size gives the same scores instead of running out of memory."""
-    from resnet.evaluate.memory import chunks_for
-
     fast = precision.channels_last(x.device, False if amp is False else None)
     dtype = precision.amp_dtype(x.device, amp)
     outputs = []

@@ -15,7 +15,11 @@ from pathlib import Path
 
 from resnet import strictjson
 from resnet.atomic import atomic_write_text
+from resnet.detection.scenes import make_fashion_scenes
+from resnet.detection.train import train_detector
+from resnet.reproduce.suite import check_suite
 from resnet.train.curves import read_metrics
+from resnet.train.loop import train
 from resnet.train.recipes import Recipe, get_recipe
 
 # Table 8 (COCO val, mAP@.5 / mAP@[.5,.95]) and Table 7 (PASCAL VOC 2007 test mAP), Faster R-CNN.
@@ -63,13 +67,7 @@ def reproduce_detection(data: str = "fashion-scenes", *, budget: float = 1.0, de
 
     `pretrained`: a table6 suite folder whose `{plain,resnet}{depth}-s0` runs are used as the backbones.
     """
-    from resnet.detection.train import train_detector
-    from resnet.reproduce.suite import check_suite
-    from resnet.train.loop import train
-
     if data == "fashion-scenes" and data_dir is None:  # generated offline once (kept when already there)
-        from resnet.detection.scenes import make_fashion_scenes
-
         make_fashion_scenes(progress=progress is not False)
     b = DetectionBudget(depth=depth or DetectionBudget.depth)
     pretrain, detect = recipes(budget, device, b)

@@ -14,9 +14,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from resnet import precision
+from resnet.data import dataset_info, get_dataset, load_tensors, pixel_mean
 from resnet.data.batch_augment import BatchMix, low_resolution, random_erase
-from resnet.data.datasets import describe_input
+from resnet.data.datasets import TREES, describe_input, held_out_splits, protocol_options
 from resnet.data.loaders import TTA_VIEWS, TensorLoader, build_loader, tta_view
+from resnet.data.sampling import balanced_sample, balanced_subset
+from resnet.data.transforms import test_transform, train_transform
 from resnet.evaluate.metrics import topk_errors
 from resnet.models import build_model
 from resnet.train import distributed, finetune
@@ -29,9 +32,6 @@ def make_data(data: str, data_dir: str | None, recipe: Recipe, dist: distributed
               download: bool):
     """Training loader, held-out loaders by name ('val', and 'test' when the split is held out) for the evaluations
     during training (a `--eval-subset` sample) and for the final one (every held-out image), info, mean."""
-    from resnet.data import dataset_info, pixel_mean
-    from resnet.data.datasets import TREES, protocol_options
-
     options = protocol_options(data, recipe.style, recipe.image_size)
     info = dataset_info(data, data_dir, download=download, **options)
     mean = pixel_mean(data, data_dir, download=download, **options)
@@ -48,10 +48,6 @@ def make_data(data: str, data_dir: str | None, recipe: Recipe, dist: distributed
 
 def _tensor_loaders(data, info, mean, recipe, dist, device, split_options):
     """Small datasets held as one uint8 tensor on the device, cropped and flipped per batch there."""
-    from resnet.data import load_tensors
-    from resnet.data.datasets import held_out_splits
-    from resnet.data.sampling import balanced_sample
-
     per_process = recipe.batch_size // dist.world_size
     common = {"seed": recipe.seed, "rank": dist.rank, "world_size": dist.world_size, "device": device}
     images, labels, info = load_tensors(data, "train", **split_options)
@@ -71,11 +67,6 @@ def _tensor_loaders(data, info, mean, recipe, dist, device, split_options):
 
 def _file_loaders(data, info, mean, recipe, dist, device, split_options):
     """Image files decoded and augmented per image in DataLoader workers."""
-    from resnet.data import get_dataset
-    from resnet.data.datasets import held_out_splits
-    from resnet.data.sampling import balanced_subset
-    from resnet.data.transforms import test_transform, train_transform
-
     per_process = recipe.batch_size // dist.world_size
     workers = {"num_workers": recipe.num_workers, "device": device, "seed": recipe.seed, "rank": dist.rank,
                "world_size": dist.world_size}
