@@ -318,7 +318,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", which: str 
     return load_checkpoint(path, device, which)
 
 
-# ----------------------------------------------------------------------------- fitting weights to a net
+# ----------------------------------------------------------------------------- loading weights into a net
 
 def adapt_first_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     """conv1's weight for another number of input channels, as timm does: summed for 1 channel, else repeated
@@ -339,7 +339,7 @@ def adapt_channels(stat: torch.Tensor | None, in_channels: int) -> torch.Tensor 
     return stat.repeat(math.ceil(in_channels / stat.shape[0]), 1, 1)[:in_channels]
 
 
-def fit(net: nn.Module, pretrained: Pretrained) -> list[str]:
+def load_into(net: nn.Module, pretrained: Pretrained) -> list[str]:
     """Load every tensor of `pretrained` into `net`; returns notes on what was adapted.
 
     conv1 is adapted to the net's input channels; a classifier of another size is left freshly
@@ -396,7 +396,7 @@ def create_model(name: str, *, pretrained: str | Path | None = None, **options) 
     if conflicts:
         raise ValueError(f"pretrained={pretrained}: the weights need {weights.options}, not {', '.join(conflicts)}")
     model = build_model(name, **{**options, **weights.options})
-    notes = fit(model, weights)
+    notes = load_into(model, weights)
     for note in notes:
         print(note, file=sys.stderr)
     meta = dict(weights.meta)
@@ -416,5 +416,5 @@ def weights_table() -> list[dict]:
             for w in WEIGHTS.values()]
 
 
-__all__ = ["WEIGHTS", "Pretrained", "Weights", "create_model", "download", "entry_for_file", "fit", "is_published",
-           "list_weights", "load_model", "load_pretrained", "load_published", "weights_table"]
+__all__ = ["WEIGHTS", "Pretrained", "Weights", "create_model", "download", "entry_for_file", "is_published",
+           "list_weights", "load_into", "load_model", "load_pretrained", "load_published", "weights_table"]

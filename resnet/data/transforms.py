@@ -94,7 +94,7 @@ def default_resize(crop: int) -> int:
     return round(256 * crop / PAPER_CROP)
 
 
-def fit(size: int) -> v2.Compose:
+def resize_center_crop(size: int) -> v2.Compose:
     """A small-style image at its network size: shorter side resized to `size`, centre crop (identity at size x size)."""
     return v2.Compose([resize_shorter(size), v2.CenterCrop(size)])
 
@@ -118,7 +118,7 @@ def train_transform(info: DatasetInfo, mean: torch.Tensor, crop_pad: int = CIFAR
             v2.Compose(
                 [
                     v2.ToImage(),
-                    fit(info.image_size),
+                    resize_center_crop(info.image_size),
                     v2.RandomCrop(info.image_size, padding=crop_pad),
                     v2.RandomHorizontalFlip(),
                     v2.ToDtype(torch.float32, scale=True),
@@ -151,7 +151,7 @@ def test_transform(info: DatasetInfo, mean: torch.Tensor, resize: int | None = N
     side 256, centre 224 crop (ImageNet)."""
     if info.style == "small":
         return _with_min_side(
-            v2.Compose([v2.ToImage(), fit(info.image_size), v2.ToDtype(torch.float32, scale=True), MeanSubtract(mean),
+            v2.Compose([v2.ToImage(), resize_center_crop(info.image_size), v2.ToDtype(torch.float32, scale=True), MeanSubtract(mean),
                         v2.ToPureTensor()]),
             info.image_size,
         )

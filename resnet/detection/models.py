@@ -54,7 +54,7 @@ from resnet.detection.backbones import (
 )
 from resnet.models import build_model
 from resnet.train.finetune import read_init
-from resnet.weights import adapt_channels, fit
+from resnet.weights import adapt_channels, load_into
 
 HEADS = ("c4", "fpn")
 ASPECT_RATIOS = (0.5, 1.0, 2.0)
@@ -100,7 +100,7 @@ def _backbone_net(backbone: str, net_options: dict, backbone_weights: str | Path
 
     pretrained, merged, notes = read_init(backbone, backbone_weights, net_options)
     net = build_model(backbone, **merged)
-    notes += [n for n in fit(net, pretrained) if not n.startswith("fc:")]  # the classifier is not used
+    notes += [n for n in load_into(net, pretrained) if not n.startswith("fc:")]  # the classifier is not used
     for note in notes:
         print(f"backbone weights: {note}", file=sys.stderr)
     return net, pretrained.source

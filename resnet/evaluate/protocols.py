@@ -30,7 +30,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from resnet import precision
 from resnet.data.loaders import tta_views
-from resnet.data.transforms import default_resize, fit
+from resnet.data.transforms import default_resize, resize_center_crop
 from resnet.evaluate.memory import chunks_for
 from resnet.evaluate.preprocess import InputNorm
 
@@ -114,7 +114,7 @@ class Center(Protocol):
         self.style = style
         crop = crop or default_crop(style)
         if style == "small":
-            self.geometry: nn.Module = fit(crop)
+            self.geometry: nn.Module = resize_center_crop(crop)
             self.min_side = crop
         else:
             self.min_side = resize or default_resize(crop)
@@ -146,7 +146,7 @@ class TenCrop(Protocol):
         crop = crop or default_crop(style)
         self.style, self.crop, self.pad = style, crop, pad
         self.min_side = crop if style == "small" else resize or default_resize(crop)
-        self.resize = fit(crop) if style == "small" else v2.Resize(self.min_side, antialias=True)
+        self.resize = resize_center_crop(crop) if style == "small" else v2.Resize(self.min_side, antialias=True)
 
     def prepare(self, image) -> torch.Tensor:
         image = self.resize(to_image(image))
