@@ -12,7 +12,7 @@ import csv
 import io
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -145,11 +145,17 @@ def predictions_csv(results: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def write_predictions(results: list[dict], out: str | Path) -> Path:
-    """Write results atomically as JSON (.json) or CSV (.csv), chosen by the file's suffix."""
+def write_json_or_csv(out: str | Path, value: object, csv_text: Callable[[], str]) -> Path:
+    """`value` as JSON (.json) or `csv_text()` as CSV (.csv), chosen by the file's suffix, written atomically
+    (the `--out` of both predicts: classes here, detections in resnet/detection/predict.py)."""
     out = Path(out)
     if out.suffix.lower() == ".json":
-        return atomic_write_text(out, json.dumps(results, indent=2))
+        return atomic_write_text(out, json.dumps(value, indent=2))
     if out.suffix.lower() == ".csv":
-        return atomic_write_text(out, predictions_csv(results))
+        return atomic_write_text(out, csv_text())
     raise ValueError(f"--out {out}: give a .json or .csv file name")
+
+
+def write_predictions(results: list[dict], out: str | Path) -> Path:
+    """Write results atomically as JSON (.json) or CSV (.csv), chosen by the file's suffix."""
+    return write_json_or_csv(out, results, lambda: predictions_csv(results))

@@ -94,3 +94,19 @@ def test_a_run_records_its_provenance_in_config_json(tiny_fashion, tmp_path, mon
     assert record["command"] == "resnet train --model resnet20"
     assert record["version"] == resnet.__version__ and record["torch"] == torch.__version__
     assert record["device"] == "cpu" and record["cpu"] == provenance.cpu_model()
+
+
+def test_benchmarks_write_their_results_through_one_writer(tmp_path, monkeypatch):
+    """benchmarks/record.py writes a result with its provenance and load average; no benchmark writes its result
+    file another way (each did its own json.dumps + atomic write before)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import record
+
+    path = record.write_result(tmp_path / "bench.json", {"speedup": 1.5}, echo=False)
+    written = json.loads(path.read_text())
+    assert written["speedup"] == 1.5 and len(written["load_average"]) == 3
+    assert written["provenance"]["cpu"] == provenance.cpu_model()
+    assert written["provenance"]["version"] == resnet.__version__
+    for script in (ROOT / "benchmarks").glob("*.py"):
+        if script.name != "record.py":
+            assert "atomic_write_text(" not in script.read_text(), f"{script.name} writes a result by itself"

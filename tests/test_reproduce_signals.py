@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import alive
 from resnet import checkpoint
 from resnet.cli import main
 from resnet.train import rundir
@@ -43,14 +44,6 @@ def wait_until(condition, proc: subprocess.Popen, seconds: float = 150) -> None:
             proc.kill()
             raise AssertionError("timed out waiting")
         time.sleep(0.2)
-
-
-def alive(pid: int) -> bool:
-    """True while process `pid` exists and is not a zombie."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
 
 
 def holder(run: Path) -> int:

@@ -36,10 +36,7 @@ def cifar_depth(text: str) -> int:
     # imported here, not at the top: `resnet reproduce --help` loads this module only, and stays fast
     from resnet.models.registry import CIFAR_N
 
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    value = positive_int(text)
     if value not in CIFAR_N:
         raise argparse.ArgumentTypeError(f"no CIFAR net of depth {value}; choose from "
                                          f"{', '.join(map(str, sorted(CIFAR_N)))}")

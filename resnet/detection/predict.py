@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from resnet.atomic import atomic_write, atomic_write_text
+from resnet.atomic import atomic_write
 from resnet.data.folder import MAX_PIXELS
 from resnet.detection.evaluate import encode_masks
-from resnet.predict import gather_images, read_image
+from resnet.predict import gather_images, read_image, write_json_or_csv
 
 
 @torch.no_grad()
@@ -86,12 +85,7 @@ def detections_csv(results: list[dict]) -> str:
 
 def write_detections(results: list[dict], out: str | Path) -> Path:
     """Results written atomically as JSON (.json) or CSV (.csv)."""
-    out = Path(out)
-    if out.suffix.lower() == ".json":
-        return atomic_write_text(out, json.dumps(public(results), indent=2))
-    if out.suffix.lower() == ".csv":
-        return atomic_write_text(out, detections_csv(results))
-    raise ValueError(f"--out {out}: give a .json or .csv file name")
+    return write_json_or_csv(out, public(results), lambda: detections_csv(results))
 
 
 def draw_detections(results: list[dict], folder: str | Path) -> list[Path]:
