@@ -31,8 +31,9 @@ def write_package(root: Path, files: dict[str, str]) -> Path:
 
 
 def test_the_tool_finds_cycles_hidden_in_functions(tmp_path, cycles_tool):
-    """A small package with the three kinds of edge the tool must resolve: an import inside a function, a
-    `from pkg.sub import module`, and a name re-exported by a package's __init__ (an edge to the package)."""
+    """A small package with the kinds of edge the tool must resolve: an import inside a function, a
+    `from pkg.sub import module`, a name re-exported by a package's __init__ (an edge to the package), relative
+    imports, and module names that importlib.import_module looks up at run time."""
     package = write_package(tmp_path, {
         "pkg/__init__.py": "",
         "pkg/a.py": "import os\nfrom pkg import b\n",
@@ -42,12 +43,14 @@ def test_the_tool_finds_cycles_hidden_in_functions(tmp_path, cycles_tool):
         "pkg/d.py": "from pkg.sub import C\n",
         "pkg/e.py": "from . import f\n",
         "pkg/f.py": "import pkg.e\n",
+        "pkg/g.py": "import importlib\nLAZY = {'x': 'pkg.a'}\ndef get(n):\n    return importlib.import_module(LAZY[n])\n",
     })
     edges = cycles_tool.all_edges(package)
     pairs = {(e.source, e.target, e.lazy) for e in edges}
     assert ("pkg.b", "pkg.a", True) in pairs and ("pkg.a", "pkg.b", False) in pairs
     assert ("pkg.d", "pkg.sub", False) in pairs  # the re-export is an edge to the package
     assert ("pkg.sub", "pkg.sub.c", False) in pairs
+    assert ("pkg.g", "pkg.a", True) in pairs  # a table of names imported at run time
     assert not any(e.target == "os" for e in edges)  # other libraries are not ours
     assert cycles_tool.cycles(edges) == [["pkg.a", "pkg.b"], ["pkg.e", "pkg.f"]]
     assert cycles_tool.main(["--package", str(package)]) == 1
@@ -73,6 +76,9 @@ def test_library_never_imports_the_command_line(cycles_tool):
 
 # imports inside functions left in files that others are rewriting now (moved to the top when they settle)
 NOT_YET_MOVED = {"resnet.detection.cli", "resnet.detection.coco"}
+# the front doors that import by name on first use, so that `resnet --help` never loads torch: the package's and
+# resnet.train's __getattr__ (their _LAZY tables) and the CLI, which imports only the chosen command's module
+FRONT_DOORS = {"resnet", "resnet.train", "resnet.cli"}
 
 
 def test_lazy_imports_only_where_they_keep_help_fast(cycles_tool):
@@ -84,7 +90,7 @@ def test_lazy_imports_only_where_they_keep_help_fast(cycles_tool):
         if not edge.lazy:
             continue
         if not edge.source.startswith("resnet.commands."):
-            if edge.source not in NOT_YET_MOVED:
+            if edge.source not in NOT_YET_MOVED | FRONT_DOORS:
                 elsewhere.append(f"{edge.source}:{edge.line} -> {edge.target}")
             continue
         lines = modules[edge.source].read_text().splitlines()[: edge.line - 1]

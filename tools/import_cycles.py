@@ -5,8 +5,11 @@ tested or moved without the other. This script reads the source with `ast` (it i
 every `import resnet.x`, `from resnet.x import y` (an edge to resnet.x.y when y is a submodule, to the
 package resnet.x when y is a name its `__init__` re-exports), relative imports and
 `importlib.import_module("resnet.x")` with a literal name. Imports under `if TYPE_CHECKING:` count too (a
-type named from another module ties the two as much as a call does). Importing resnet.x.y also runs resnet/x/__init__.py; that implicit edge is not counted (a
-package that re-exports its submodules would otherwise be a cycle with each of them).
+type named from another module ties the two as much as a call does). A module that imports by a name computed
+at run time (`importlib.import_module(variable)`: the `_LAZY` tables of resnet/__init__.py and
+resnet/train/__init__.py, the CLI's COMMANDS) has an edge, inside a function, to every module whose full name
+stands in it as a string. Importing resnet.x.y also runs resnet/x/__init__.py; that implicit edge is not
+counted (a package that re-exports its submodules would otherwise be a cycle with each of them).
 
     python tools/import_cycles.py            # the cycles, one per line, and the count of imports in functions
     python tools/import_cycles.py --lazy     # also every internal import inside a function, with its line
@@ -93,6 +96,13 @@ def module_edges(module: str, modules: dict[str, Path]) -> list[Edge]:
             visit(child, lazy or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
 
     visit(tree, False)
+    dynamic = [node for node in ast.walk(tree) if isinstance(node, ast.Call) and node.args
+               and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module"
+               and not isinstance(node.args[0], ast.Constant)]
+    if dynamic:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and node.value in modules and node.value != module:
+                edges.append(Edge(module, node.value, node.lineno, True))
     return edges
 
 
