@@ -31,7 +31,7 @@ from torchvision.transforms.v2 import functional as TF
 from resnet import precision
 from resnet.data.loaders import tta_views
 from resnet.data.transforms import default_resize, resize_center_crop
-from resnet.evaluate.memory import chunks_for
+from resnet.evaluate import memory
 from resnet.evaluate.preprocess import InputNorm
 
 PAPER_SCALES = (224, 256, 384, 480, 640)
@@ -69,7 +69,7 @@ def softmax_scores(model: nn.Module, x: torch.Tensor, amp: bool | None = None) -
     fast = precision.channels_last(x.device, False if amp is False else None)
     dtype = precision.amp_dtype(x.device, amp)
     outputs = []
-    for part in chunks_for(x, x.device):
+    for part in memory.chunks_for(x, x.device):
         if fast:
             part = part.contiguous(memory_format=torch.channels_last)
         with precision.autocast(x.device, dtype):

@@ -14,8 +14,8 @@ from resnet import strictjson
 from resnet.atomic import atomic_write_text
 from resnet.checkpoint import weights_path
 from resnet.reproduce.experiments import RunSpec, with_seed
+from resnet.train import loop  # loop.train, looked up at each call (tests replace it)
 from resnet.train.curves import read_metrics
-from resnet.train.loop import train
 from resnet.train.recipes import Recipe
 
 RESULT = "result.json"  # written into a run directory when its run has finished
@@ -108,9 +108,9 @@ def run_one(spec: RunSpec, recipe: Recipe, out: Path, data: str, data_dir: str |
             stack.enter_context(contextlib.redirect_stdout(stream))
             stack.enter_context(contextlib.redirect_stderr(stream))
         if resumable(run_dir):
-            last = train(resume=run_dir, progress=progress, download=download)
+            last = loop.train(resume=run_dir, progress=progress, download=download)
         else:
-            last = train(spec.model, data, recipe=with_seed(recipe, spec.seed), out=run_dir, data_dir=data_dir,
+            last = loop.train(spec.model, data, recipe=with_seed(recipe, spec.seed), out=run_dir, data_dir=data_dir,
                          model_options=dict(spec.model_options), download=download, progress=progress,
                          overwrite=True)  # a start that never reached its first checkpoint begins again
     result = summarize(run_dir, spec, last)
