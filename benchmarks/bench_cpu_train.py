@@ -13,28 +13,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
-import platform
 import tempfile
 from pathlib import Path
 
 import torch
 
+from record import write_result
 from resnet import precision
-from resnet.atomic import atomic_write_text
+from resnet.provenance import cpu_model
 from resnet.train.loop import train
 from resnet.train.recipes import get_recipe
 
 RESULTS = Path(__file__).parent / "results" / "cpu_train.json"
 CONFIGS = {"auto": {}, "fp32": {"amp": False, "channels_last": False},
            "bf16+channels_last": {"amp": True, "channels_last": True}}
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def run(config: dict, args: argparse.Namespace, out: Path) -> dict:
@@ -69,8 +61,7 @@ def main() -> None:
         for r in result["runs"].values():
             r["speed_vs_fp32"] = r["images_per_sec"] / base["images_per_sec"]
             r["test_error_minus_fp32"] = r["test_error"] - base["test_error"]
-    atomic_write_text(RESULTS, json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    write_result(RESULTS, result)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ the timings and their ratio to benchmarks/results/decode.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -24,9 +23,9 @@ import torch
 import torchvision
 from PIL import Image, ImageFilter
 
+from record import write_result
 from resnet.data import dataset_info, get_dataset
 from resnet.data.transforms import test_transform
-from resnet.atomic import atomic_write_text
 
 RESULTS = Path(__file__).parent / "results" / "decode.json"
 
@@ -92,8 +91,7 @@ def main() -> None:
         "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__, "pillow": PIL.__version__},
         "machine": {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()},
     }
-    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -11,17 +11,16 @@ Usage: python benchmarks/bench_detection.py [--data-dir DIR] [--rounds 3] [--ste
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from bench_cpu_train import cpu_model
 
-from resnet.atomic import atomic_write_text
+from record import write_result
 from resnet.detection import create_detector, detection_loss
 from resnet.detection.coco import collate_detection, detection_datasets
+from resnet.provenance import cpu_model
 
 RESULTS = Path(__file__).parent / "results" / "detection.json"
 
@@ -92,8 +91,7 @@ def main() -> None:
                         "infer_ms_per_image": round(1000 * t["infer_s"] / result["infer_images"], 1)}
     result["ratio_train"] = round(result["ours"]["train_images_per_s"] / result["torchvision"]["train_images_per_s"], 3)
     result["ratio_infer"] = round(result["torchvision"]["infer_ms_per_image"] / result["ours"]["infer_ms_per_image"], 3)
-    atomic_write_text(RESULTS, json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(RESULTS, result)
 
 
 if __name__ == "__main__":

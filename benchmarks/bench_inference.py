@@ -149,7 +149,7 @@ def top1_error(run, x: torch.Tensor | None, y: torch.Tensor | None, batch: int) 
 def resnet20_setup(checkpoint: str | None, data_dir: str | None, eval_images: int | None, quick: bool) -> dict:
     """The Fashion-MNIST ResNet-20: a trained checkpoint with its test images and 512 calibration images of its
     training set, or (no checkpoint) random weights, random calibration and no accuracy."""
-    from resnet.models import create_model
+    from resnet import create_model
 
     if checkpoint is None:
         model = create_model("resnet20", num_classes=10, in_channels=1).eval()
@@ -181,7 +181,7 @@ def resnet50_setup(checkpoint: str | None) -> dict:
         model = load_classifier(checkpoint, engine="torch-fp32").net
         name = f"resnet50 ({checkpoint})"
     else:
-        from resnet.models import create_model
+        from resnet import create_model
 
         model, name = create_model("resnet50", bottleneck_stride="3x3").eval(), "resnet50 (random weights)"
     return {"model": model, "name": name, "size": 224, "channels": 3, "eval": None,

@@ -12,16 +12,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from bench_cpu_train import cpu_model
 
+from record import write_result
 from resnet import precision
-from resnet.atomic import atomic_write_text
+from resnet.provenance import cpu_model
 from resnet.reproduce import reproduce
 from resnet.reproduce.experiments import DEGRADATION
 from resnet.reproduce.suite import usable_cpus
@@ -51,8 +50,7 @@ def main() -> None:
     if base:
         for r in result["runs"].values():
             r["speed_vs_jobs_1"] = r["images_per_sec"] / base["images_per_sec"]
-    atomic_write_text(RESULTS, json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    write_result(RESULTS, result)
 
 
 if __name__ == "__main__":

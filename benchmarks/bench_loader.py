@@ -8,17 +8,16 @@ Usage: python benchmarks/bench_loader.py [--images 20000] [--batch-size 128] [--
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
 
 import torch
 
+from record import write_result
 from resnet.data import get_dataset, load_tensors, pixel_mean
 from resnet.data.loaders import TensorLoader, build_loader
 from resnet.data.transforms import train_transform
-from resnet.atomic import atomic_write_text
 
 RESULTS = Path(__file__).parent / "results" / "loader.json"
 
@@ -54,8 +53,7 @@ def main() -> None:
         "tensor_loader_images_per_sec": images_per_second(tensor_loader, args.images),
     }
     result["speedup"] = result["tensor_loader_images_per_sec"] / result["baseline_images_per_sec"]
-    atomic_write_text(RESULTS, json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    write_result(RESULTS, result)
 
 
 if __name__ == "__main__":

@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from bench_cpu_train import cpu_model
 
+from record import write_result
 from resnet import precision
-from resnet.atomic import atomic_write_text
+from resnet.provenance import cpu_model
 from resnet.reproduce.suite import usable_cpus
 
 RESULTS = Path(__file__).parent / "results" / "time_to_accuracy.json"
@@ -186,8 +186,8 @@ def main() -> None:
             run = timed_run(args.model, recipe, extra, minutes, Path(tmp) / name, processes)
             # each run keeps the ceiling measured beside it: --append gathers runs of other sessions and hosts
             result["runs"].append({**run, "raw_step_images_per_sec": result["raw_step_images_per_sec"]})
-            atomic_write_text(args.out, json.dumps(result, indent=2))
-    atomic_write_text(args.out, json.dumps(result, indent=2))
+            write_result(args.out, result, echo=False)
+    write_result(args.out, result, echo=False)
     for run in result["runs"]:
         times = ", ".join(f"{100 * float(t):.0f}%: " + (f"{s / 60:.1f} min" if s else "not reached")
                           for t, s in run["seconds_to"].items())

@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 
 import torch
-from bench_cpu_train import cpu_model
 from PIL import Image
 
-from resnet.atomic import atomic_write_text
-from resnet.data.small import FASHION_MNIST_CLASSES, fashion_mnist_root, read_fashion_mnist
+from record import write_result
 from resnet.data.sampling import balanced_sample
+from resnet.data.small import FASHION_MNIST_CLASSES, fashion_mnist_root, read_fashion_mnist
+from resnet.provenance import cpu_model
 from resnet.reproduce.suite import usable_cpus
 
 RESULTS = Path(__file__).parent / "results" / "transfer.json"
@@ -86,7 +86,7 @@ def main() -> None:
         write_folder(data, tuple(args.per_class), args.rgb32)
         for name, options in runs.items():
             result["runs"].append(trained_error(name, options, data, Path(tmp)))
-    atomic_write_text(RESULTS, json.dumps(result, indent=2))
+    write_result(RESULTS, result, echo=False)
 
 
 if __name__ == "__main__":

@@ -45,14 +45,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the tests' data writers: the same small datasets the tests use
 
-from bench_cpu_train import cpu_model  # noqa: E402
 from conftest import write_tiny_fashion  # noqa: E402
+from helpers import alive  # noqa: E402
 from test_fault_pass import band_images, small_checkpoint  # noqa: E402
 from test_faults import nan_checkpoint  # noqa: E402
 
+from record import write_result  # noqa: E402
 from resnet import checkpoint, create_model  # noqa: E402
-from resnet.atomic import atomic_write_text  # noqa: E402
 from resnet.data.small import DEBIAN_FASHION_MNIST  # noqa: E402
+from resnet.provenance import cpu_model  # noqa: E402
 from resnet.train import rundir  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "fault_pass.json"
@@ -610,13 +611,6 @@ def out_not_writable(kind: str) -> Callable[[Workspace], Outcome]:
 # ---- signals and workers ---------------------------------------------------------------------------------------
 
 
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
-
-
 def signal_suite(signum: signal.Signals) -> Callable[[Workspace], Outcome]:
     """`setsid resnet reproduce table6 --depths 20 --budget 0.002 --jobs 2 &`, both workers training, then
     `kill -SIG -- -PGID`: every process must end within seconds with checkpoints saved and a `continue with`."""
@@ -918,7 +912,7 @@ def main() -> None:
         print(f"{key:7s} " + ", ".join(f"{c}: {n}" for c, n in result["counts"][key].items()))
     target = args.json or (RESULTS if not args.only else None)
     if target:
-        atomic_write_text(target, json.dumps(result, indent=2) + "\n")
+        write_result(target, result, echo=False)
         print(f"wrote {target}")
     sys.exit(1 if result["not_ok"] else 0)
 

@@ -6,8 +6,8 @@ import importlib
 
 __version__ = "0.1.0"
 __all__ = ["create_model", "list_models", "load_model", "__version__"]
-# resnet.weights.create_model is the registry's create_model plus pretrained=NAME_OR_PATH
-_LAZY = {"create_model": "resnet.weights", "list_models": "resnet.models", "load_model": "resnet.checkpoint"}
+# create_model: resnet.models.build_model plus pretrained=NAME_OR_PATH; load_model: our checkpoints and published weights
+_LAZY = {"create_model": "resnet.weights", "list_models": "resnet.models", "load_model": "resnet.weights"}
 
 
 def __getattr__(name: str):

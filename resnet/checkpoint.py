@@ -25,6 +25,7 @@ from torch import nn
 
 from resnet.atomic import atomic_write, fsync, temporary_name
 from resnet.faults import fault_point
+from resnet.models import build_model
 
 META_KEY = "resnet"
 MEAN_KEY = "input_mean"
@@ -168,24 +169,19 @@ def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], so
     model.load_state_dict(state, strict=True)
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu", which: str = "best") -> nn.Module:
-    """The trained network from a run directory or a .safetensors checkpoint, in eval mode.
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", which: str = "best") -> nn.Module:
+    """The trained network from one of our checkpoints (a run directory or a .safetensors file), in eval mode.
 
     The returned model carries `.meta` (classes, dataset, image size, ...), `.input_mean` and `.input_std`
-    ([C,1,1], or None when the weights expect only the mean subtracted). A published weights name or file
-    (`resnet20.akamaster-cifar10`, `resnet50-0676ba61.pth`) is loaded by `resnet.weights.load_published`.
+    ([C,1,1], or None when the weights expect only the mean subtracted). `resnet.load_model` (in weights.py)
+    also takes published weights by name or file, and comes here for everything else.
     """
-    from resnet.models import create_model
-    from resnet.weights import is_published, load_published
-
-    if is_published(path):
-        return load_published(path, device)
     file = weights_path(path, which)
     state, meta, mean = load_weights(file)
     check_meta(meta, str(file))
     check_finite({**state, **({MEAN_KEY: mean} if mean is not None else {})}, str(file))
     try:
-        model = create_model(meta["model"], **meta.get("options", {}))
+        model = build_model(meta["model"], **meta.get("options", {}))
     except (TypeError, ValueError, KeyError) as e:
         raise ValueError(f"{file}: its metadata does not describe a network we can build ({e})") from None
     load_state_dict_checked(model, state, str(file), meta["model"])

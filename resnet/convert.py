@@ -21,6 +21,9 @@ from pathlib import Path
 
 import torch
 
+from resnet.checkpoint import check_finite, load_state_dict_checked, save_weights
+from resnet.models import build_model, get_spec
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -101,9 +104,6 @@ def convert(source: str, src: str | Path, model_name: str, out: str | Path, clas
     Weights holding NaN or infinity are refused before anything is written. `image_size` defaults to
     the source's training size (224 ImageNet, 32 CIFAR).
     """
-    from resnet.checkpoint import check_finite, load_state_dict_checked, save_weights
-    from resnet.models import create_model, get_spec
-
     spec = get_spec(model_name)
     if source in SOURCE_FAMILY and spec.family != SOURCE_FAMILY[source]:
         which = "ImageNet nets of Table 1" if SOURCE_FAMILY[source] == "imagenet" else "CIFAR nets of section 4.2"
@@ -115,7 +115,7 @@ def convert(source: str, src: str | Path, model_name: str, out: str | Path, clas
     num_classes = int(fc.shape[0]) if fc is not None and fc.dim() == 2 else (10 if cifar else 1000)
     in_channels = int(conv1.shape[1]) if conv1 is not None and conv1.dim() == 4 else 3
     options = SOURCE_OPTIONS[source]
-    model = create_model(model_name, num_classes=num_classes, in_channels=in_channels, **options)
+    model = build_model(model_name, num_classes=num_classes, in_channels=in_channels, **options)
     load_state_dict_checked(model, state, str(src), f"{model_name} ({describe_options(options)})")
     if classes is None and cifar and num_classes == len(CIFAR10_CLASSES):
         names = list(CIFAR10_CLASSES)

@@ -24,6 +24,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from resnet.atomic import atomic_write
 from resnet.checkpoint import check_finite
+from resnet.data.transforms import default_resize
+from resnet.evaluate.preprocess import input_std
 
 TOLERANCE = 1e-4
 # the opsets each exporter writes as asked (torch.onnx's documented ranges): (first, last, default)
@@ -88,9 +90,6 @@ def onnx_metadata(model: nn.Module, image_size: int, meta: dict | None = None) -
     input_mean ([C,H,W] or [C,1,1] on 0..1), input_std (when the weights have one), input_size [C,H,W],
     resize_size (shorter side before the centre crop), style, class_names; and the checkpoint's metadata
     under "resnet"."""
-    from resnet.data.transforms import default_resize
-    from resnet.evaluate.preprocess import input_std
-
     meta = dict(getattr(model, "meta", None) or {}) if meta is None else dict(meta)
     style = meta.get("style") or ("small" if getattr(model.spec, "family", "") == "cifar" else "imagenet")
     resize = image_size if style == "small" else meta.get("resize_size") or default_resize(image_size)

@@ -12,15 +12,17 @@ import csv
 import io
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 from torchvision.transforms.v2.functional import pil_to_tensor
 
+from resnet.atomic import atomic_write_text
 from resnet.data.folder import MAX_PIXELS, decode_image, image_files, open_checked
 from resnet.inference.classifier import Classifier, torch_engine
+from resnet.evaluate.memory import batch_that_fits, views_bytes
 
 
 def gather_images(inputs: Sequence[str | Path]) -> list[Path]:
@@ -71,8 +73,6 @@ def predict(classifier: Classifier | nn.Module, images: Sequence[str | Path], to
     warned about by name; a ValueError says so when no file was readable.
     """
     import sys
-
-    from resnet.evaluate.memory import batch_that_fits, views_bytes
 
     if isinstance(classifier, nn.Module):
         classifier = Classifier(classifier, torch_engine(device, amp), device, protocol, amp)
@@ -137,13 +137,17 @@ def predictions_csv(results: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def write_predictions(results: list[dict], out: str | Path) -> Path:
-    """Write results atomically as JSON (.json) or CSV (.csv), chosen by the file's suffix."""
-    from resnet.atomic import atomic_write_text
-
+def write_json_or_csv(out: str | Path, value: object, csv_text: Callable[[], str]) -> Path:
+    """`value` as JSON (.json) or `csv_text()` as CSV (.csv), chosen by the file's suffix, written atomically
+    (the `--out` of both predicts: classes here, detections in resnet/detection/predict.py)."""
     out = Path(out)
     if out.suffix.lower() == ".json":
-        return atomic_write_text(out, json.dumps(results, indent=2))
+        return atomic_write_text(out, json.dumps(value, indent=2))
     if out.suffix.lower() == ".csv":
-        return atomic_write_text(out, predictions_csv(results))
+        return atomic_write_text(out, csv_text())
     raise ValueError(f"--out {out}: give a .json or .csv file name")
+
+
+def write_predictions(results: list[dict], out: str | Path) -> Path:
+    """Write results atomically as JSON (.json) or CSV (.csv), chosen by the file's suffix."""
+    return write_json_or_csv(out, results, lambda: predictions_csv(results))

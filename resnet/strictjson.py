@@ -8,6 +8,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from resnet.atomic import atomic_write_text
+
 
 def finite(value: Any) -> Any:
     """`value` with every non-finite float inside dicts, lists and tuples replaced by None."""
@@ -23,6 +25,11 @@ def finite(value: Any) -> Any:
 def dumps(value: Any, **kwargs: Any) -> str:
     """`json.dumps` that never writes NaN or Infinity (they are written as null)."""
     return json.dumps(finite(value), allow_nan=False, **kwargs)
+
+
+def write(path: str | Path, value: Any) -> Path:
+    """`value` as indented strict JSON in `path`, written atomically (what `--json OUT` options write)."""
+    return atomic_write_text(path, dumps(value, indent=2))
 
 
 def read_object(path: str | Path, required: tuple[str, ...] = (), fix: str = "") -> dict:

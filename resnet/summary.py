@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from resnet.models import create_model
+from resnet.models import build_model
 
 
 @dataclass
@@ -92,7 +92,7 @@ def format_table(name: str, rows: list[Row]) -> str:
 
 def summary(name: str, input_size: int | None = None, as_json: bool = False, **options) -> str:
     """The `resnet summary` output for a registered model name."""
-    model = create_model(name, **options)
+    model = build_model(name, **options)
     rows = summarize(model, input_size)
     if as_json:
         return json.dumps({"model": name, "options": model.options, "rows": [asdict(r) for r in rows]}, indent=2)

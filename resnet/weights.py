@@ -22,8 +22,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from resnet.checkpoint import check_finite, load_checkpoint, load_weights, weights_path
 from resnet.convert import (CIFAR10_CLASSES, IMAGENET_MEAN, IMAGENET_STD, SOURCE_OPTIONS, from_akamaster,
                             is_akamaster, read_state_dict)
+from resnet.models import build_model
+from resnet.models.registry import SPECS
 
 TORCHVISION = "https://download.pytorch.org/models/"
 TIMM_RSB = "https://github.com/huggingface/pytorch-image-models/releases/download/v0.1-rsb-weights/"
@@ -199,8 +202,6 @@ def _published(weights: Weights, state: dict[str, torch.Tensor], source: str) ->
 
     NaN or infinite weights are refused here, before any net is built or trained from them.
     """
-    from resnet.checkpoint import check_finite
-
     check_finite(state, source)
     if is_akamaster(state):
         state = from_akamaster(state)
@@ -218,8 +219,6 @@ def _published(weights: Weights, state: dict[str, torch.Tensor], source: str) ->
 
 def _own_checkpoint(path: Path) -> Pretrained | None:
     """One of our checkpoints (a run directory or a .safetensors file with our metadata), else None."""
-    from resnet.checkpoint import load_weights, weights_path
-
     if not (path.is_dir() or path.suffix == ".safetensors"):
         return None
     file = weights_path(path)
@@ -273,8 +272,6 @@ def load_pretrained(model: str, name_or_path: str | Path) -> Pretrained:
 def is_published(name_or_path: str | Path) -> bool:
     """True for what `load_published` reads rather than our checkpoint loader: a weights name (or what looks like
     one: `resnet20.akamaster-cifar1`), or a torch file (.pth/.pt/.th/.bin, torchvision's, timm's or akamaster's)."""
-    from resnet.models.registry import SPECS
-
     text = str(name_or_path)
     path = Path(text).expanduser()
     if text in WEIGHTS:
@@ -309,7 +306,19 @@ def load_published(name_or_path: str | Path, device: str | torch.device = "cpu")
     return model.to(device).eval()
 
 
-# ----------------------------------------------------------------------------- fitting weights to a net
+def load_model(path: str | Path, device: str | torch.device = "cpu", which: str = "best") -> nn.Module:
+    """The trained network, in eval mode (`resnet.load_model`): from one of our run directories or .safetensors
+    checkpoints (`resnet.checkpoint.load_checkpoint`; `which`: its best or last), or published weights by name or
+    file (`resnet20.akamaster-cifar10`, `resnet50-0676ba61.pth`: `load_published`).
+
+    The model carries `.meta` (classes, dataset, image size, ...), `.input_mean` and `.input_std`.
+    """
+    if is_published(path):
+        return load_published(path, device)
+    return load_checkpoint(path, device, which)
+
+
+# ----------------------------------------------------------------------------- loading weights into a net
 
 def adapt_first_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     """conv1's weight for another number of input channels, as timm does: summed for 1 channel, else repeated
@@ -330,7 +339,7 @@ def adapt_channels(stat: torch.Tensor | None, in_channels: int) -> torch.Tensor 
     return stat.repeat(math.ceil(in_channels / stat.shape[0]), 1, 1)[:in_channels]
 
 
-def fit(net: nn.Module, pretrained: Pretrained) -> list[str]:
+def load_into(net: nn.Module, pretrained: Pretrained) -> list[str]:
     """Load every tensor of `pretrained` into `net`; returns notes on what was adapted.
 
     conv1 is adapted to the net's input channels; a classifier of another size is left freshly
@@ -372,23 +381,22 @@ def _check_keys(own: dict, state: dict, source: str, target: str) -> None:
 
 
 def create_model(name: str, *, pretrained: str | Path | None = None, **options) -> nn.Module:
-    """`resnet.models.create_model`, optionally with pretrained weights: a name (`resnet weights`) or a file.
+    """A network of the paper by name (`resnet.create_model`): `resnet.models.build_model(name, **options)`,
+    optionally with pretrained weights: a name (`resnet weights`) or a file.
 
     The weights decide the stride placement and shortcut (torchvision/timm: stride in the 3x3 conv,
     option B); `num_classes` other than theirs gets a fresh classifier. The model carries the weights'
     input normalisation (`.input_mean`, `.input_std`) and test preprocessing (`.meta`).
     """
-    from resnet.models import create_model as build
-
     if pretrained is None:
-        return build(name, **options)
+        return build_model(name, **options)
     weights = load_pretrained(name, pretrained)
     conflicts = [f"{k}={options[k]!r}" for k, v in weights.options.items()
                  if options.get(k) is not None and options[k] != v]
     if conflicts:
         raise ValueError(f"pretrained={pretrained}: the weights need {weights.options}, not {', '.join(conflicts)}")
-    model = build(name, **{**options, **weights.options})
-    notes = fit(model, weights)
+    model = build_model(name, **{**options, **weights.options})
+    notes = load_into(model, weights)
     for note in notes:
         print(note, file=sys.stderr)
     meta = dict(weights.meta)
@@ -408,5 +416,5 @@ def weights_table() -> list[dict]:
             for w in WEIGHTS.values()]
 
 
-__all__ = ["WEIGHTS", "Pretrained", "Weights", "create_model", "download", "entry_for_file", "fit", "is_published",
-           "list_weights", "load_pretrained", "load_published", "weights_table"]
+__all__ = ["WEIGHTS", "Pretrained", "Weights", "create_model", "download", "entry_for_file", "is_published",
+           "list_weights", "load_into", "load_model", "load_pretrained", "load_published", "weights_table"]

@@ -33,3 +33,11 @@ def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
             m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
             m.bias.data.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
     return model.eval()
+
+
+def alive(pid: int) -> bool:
+    """True while process `pid` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from resnet.evaluate.analysis import layer_responses, response_layers
-from resnet.models import create_model
+from resnet import create_model
 from helpers import randomize_bn
 
 

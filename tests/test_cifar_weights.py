@@ -21,7 +21,7 @@ from PIL import Image
 
 import resnet
 from resnet import weights
-from resnet.checkpoint import load_model
+from resnet.weights import load_model
 from resnet.cli import main
 from resnet.evaluate import input_norm
 
@@ -119,7 +119,7 @@ def test_whole_net_against_the_papers_construction(depth, images):
     assert torch.equal(logits.argmax(1), reference.argmax(1))
     # The option matters: the same weights under zeros-after (our default) give other logits and classes,
     # and that net equals the reference written with zeros after, so each layout computes what it says.
-    after = resnet.models.create_model(f"resnet{depth}", zero_pad="after").eval()
+    after = resnet.create_model(f"resnet{depth}", zero_pad="after").eval()
     after.load_state_dict(model.state_dict())
     with torch.no_grad():
         wrong = after(x.float()).double()
@@ -136,7 +136,7 @@ def test_the_weights_entry_and_model_record_the_layout_and_preprocessing():
     assert model.input_mean.flatten().tolist() == pytest.approx(MEAN)
     assert model.input_std.flatten().tolist() == pytest.approx(STD)
     assert model.meta["weights"] == "resnet20.akamaster-cifar10"
-    assert resnet.models.create_model("resnet20").options["zero_pad"] == "after"  # the default is unchanged
+    assert resnet.create_model("resnet20").options["zero_pad"] == "after"  # the default is unchanged
     with pytest.raises(ValueError, match="zero_pad"):
         ours(20, zero_pad="after")
     with pytest.raises(ValueError, match="resnet20.akamaster-cifar10, for resnet20, not resnet32"):

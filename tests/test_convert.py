@@ -11,7 +11,7 @@ from torchvision.transforms import v2
 from resnet.cli import main
 from resnet.convert import convert, read_state_dict
 from resnet.evaluate import input_norm
-from resnet.checkpoint import load_model
+from resnet.weights import load_model
 from helpers import randomize_bn as randomize
 
 
@@ -41,7 +41,7 @@ def test_torchvision_weights_give_the_same_logits(tmp_path, name):
 
 def test_paper_stride_placement_would_not_match(tmp_path):
     """The check above is sensitive to the stride placement: the paper's 1x1 placement gives other logits."""
-    from resnet.models import create_model
+    from resnet import create_model
 
     source = randomize(torchvision.models.resnet50(weights=None))
     paper = create_model("resnet50", bottleneck_stride="1x1").eval()

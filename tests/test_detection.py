@@ -13,7 +13,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from resnet.checkpoint import save_weights
 from resnet.cli import main
 from resnet.detection import create_detector, detection_loss, load_detector, load_torchvision_detector, save_detector
-from resnet.models import create_model
+from resnet import create_model
 
 # small and fast: few proposals and RoIs, a thin FPN, 64-px images
 TINY = dict(min_size=64, max_size=64, rpn_pre_nms_top_n_train=64, rpn_post_nms_top_n_train=32,

@@ -14,7 +14,7 @@ from resnet.cli import main
 from resnet.evaluate import ErrorMeter, InputNorm, ensemble_scores, get_protocol, topk_errors
 from resnet.evaluate.protocols import MultiScale, TenCrop
 from resnet.evaluate.runner import evaluate_models
-from resnet.models import create_model
+from resnet import create_model
 from helpers import randomize_bn
 
 

@@ -42,7 +42,7 @@ def quadrant(row: int, col: int, size: int) -> int:
 def patch_net(tmp_path_factory):
     """A ResNet-20 of width 4 trained for a few seconds on the pattern task, saved as a checkpoint."""
     from resnet.checkpoint import save_weights
-    from resnet.models import create_model
+    from resnet import create_model
 
     folder = tmp_path_factory.mktemp("explain")
     torch.manual_seed(0)

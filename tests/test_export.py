@@ -16,7 +16,7 @@ import torch
 
 from resnet.cli import main
 from resnet.export import export_onnx, fold_batchnorm
-from resnet.models import create_model
+from resnet import create_model
 from helpers import randomize_bn
 
 

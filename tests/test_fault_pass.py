@@ -21,7 +21,7 @@ from resnet import atomic, checkpoint
 from resnet.checkpoint import save_weights
 from resnet.cli import main
 from resnet.data import dataset_info, get_dataset
-from resnet.models import create_model
+from resnet import create_model
 
 
 @pytest.fixture(autouse=True)

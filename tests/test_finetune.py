@@ -93,7 +93,7 @@ def test_training_normalises_as_the_init_weights_expect(tmp_path):
     """The loader's (x - data mean) batches become (x - mean) / std, as torchvision's Normalize computes them."""
     images = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
     data_mean = images.float().div(255).mean(0)  # per pixel, as our datasets' means
-    net = resnet.models.create_model("resnet18", num_classes=4)
+    net = resnet.create_model("resnet18", num_classes=4)
     net.input_mean = torch.tensor([0.485, 0.456, 0.406]).reshape(3, 1, 1)
     net.input_std = torch.tensor([0.229, 0.224, 0.225]).reshape(3, 1, 1)
     loader = TensorLoader(images, torch.zeros(6, dtype=torch.long), data_mean, 6, train=False)
@@ -126,7 +126,7 @@ def test_freeze_keeps_stem_and_first_stages_fixed_bn_included(tiny_fashion, tmp_
 
 def test_head_lr_and_no_decay_on_bn_and_biases(tiny_fashion, tmp_path, pretrained_run):
     recipe = get_recipe("finetune", iters=3, batch_size=32, head_lr_mult=7.0, device="cpu")
-    net = resnet.models.create_model("resnet20", **TINY)
+    net = resnet.create_model("resnet20", **TINY)
     names = {id(p): n for n, p in net.named_parameters()}
     groups = [([names[id(p)] for p in g["params"]], g) for g in finetune.param_groups(net, recipe)]
     assert sorted(n for members, _ in groups for n in members) == sorted(names.values())

@@ -217,7 +217,7 @@ def test_eval_counts_only_readable_images_and_names_the_bad_one(tmp_path, capsys
     import torch.nn.functional as F
 
     from resnet.checkpoint import save_weights
-    from resnet.models import create_model
+    from resnet import create_model
     from helpers import randomize_bn
 
     written = write_folder(tmp_path, size=16, per_class={"train": 2, "val": 4})

@@ -26,7 +26,7 @@ def train_tiny(out: Path, steps: int = 40, seed: int = 0) -> tuple[torch.nn.Modu
     4-class band images (the tiny Fashion-MNIST's training set), saved as a checkpoint with the per-pixel mean;
     a few seconds."""
     from resnet.checkpoint import save_weights
-    from resnet.models import create_model
+    from resnet import create_model
 
     torch.manual_seed(seed)
     images, labels = learnable_images(512, 0)
@@ -226,7 +226,7 @@ def test_int8_from_a_broken_calibration_set_is_refused_in_one_line(trained, tmp_
 
 def test_int8_on_a_detector_is_one_line(tmp_path, capsys):
     from resnet.checkpoint import save_weights
-    from resnet.models import create_model
+    from resnet import create_model
 
     model = create_model("resnet20", base_width=4)  # only its metadata is read: it names a detector
     save_weights(tmp_path / "d.safetensors", model, {"model": "resnet20", "detector": {"head": "c4"}})

@@ -86,7 +86,8 @@ def test_shortcut_a_gradient_is_the_strided_slices(dtype):
 
 def test_shortcut_a_zeros_split_before_and_after_and_recorded(tmp_path):
     """zero_pad="both" (akamaster's layout): 8 zero channels, the identity's 16, 8 zero channels."""
-    from resnet.checkpoint import load_model, save_weights
+    from resnet.checkpoint import save_weights
+    from resnet.weights import load_model
 
     model = create_model("resnet20", zero_pad="both").eval()
     x = torch.randn(1, 16, 8, 8)
@@ -175,3 +176,22 @@ def test_summary_command(capsys):
     assert "conv4_x" in capsys.readouterr().out
     assert main(["summary", "resnet111"]) == 2
     assert "Did you mean" in capsys.readouterr().err
+
+
+def test_one_create_model():
+    """`resnet.create_model` is the only create_model: without weights it builds what resnet.models.build_model
+    builds (the same layers and initial weights from the same seed); the models package has no twin."""
+    import resnet
+    import resnet.models
+    import resnet.weights
+    from resnet.models import build_model
+
+    assert resnet.create_model is resnet.weights.create_model
+    assert not hasattr(resnet.models, "create_model")
+    torch.manual_seed(0)
+    ours = resnet.create_model("resnet20", shortcut="B")
+    torch.manual_seed(0)
+    bare = build_model("resnet20", shortcut="B")
+    assert ours.options == bare.options
+    assert ours.state_dict().keys() == bare.state_dict().keys()
+    assert all(torch.equal(ours.state_dict()[k], bare.state_dict()[k]) for k in bare.state_dict())

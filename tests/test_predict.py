@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from resnet.cli import main
-from resnet.models import create_model
+from resnet import create_model
 from resnet.checkpoint import save_weights
 
 

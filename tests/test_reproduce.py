@@ -12,7 +12,7 @@ from resnet.cli import main
 from resnet.reproduce import reproduce
 from resnet.reproduce.experiments import plan, recipe_for
 from resnet.reproduce.report import aggregate, claims, depth_trend, format_claims
-from resnet.reproduce.suite import last_epoch_train_error
+from resnet.reproduce.runs import last_epoch_train_error
 
 BUDGET = 6 / 64_000  # 6 iterations of batch 128 (the lr drops scale with it)
 

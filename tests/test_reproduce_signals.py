@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import alive
 from resnet import checkpoint
 from resnet.cli import main
 from resnet.train import rundir
@@ -43,14 +44,6 @@ def wait_until(condition, proc: subprocess.Popen, seconds: float = 150) -> None:
             proc.kill()
             raise AssertionError("timed out waiting")
         time.sleep(0.2)
-
-
-def alive(pid: int) -> bool:
-    """True while process `pid` exists and is not a zombie."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
 
 
 def holder(run: Path) -> int:
@@ -115,7 +108,7 @@ def test_damaged_suite_files_are_one_line_naming_the_file(tiny_fashion, tmp_path
 
 def test_a_run_that_returns_no_test_error_is_summarised_from_its_metrics(tmp_path):
     from resnet.reproduce.experiments import plan
-    from resnet.reproduce.suite import summarize
+    from resnet.reproduce.runs import summarize
 
     spec = plan("table6", (20,))[0]
     run = tmp_path / spec.name

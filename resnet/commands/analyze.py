@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from resnet.commands.options import positive_int
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="analysis", required=True, metavar="ANALYSIS")
@@ -14,8 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--data", required=True, metavar="NAME", help="dataset the images come from")
     r.add_argument("--data-dir", metavar="PATH", help="where the dataset lives")
     r.add_argument("--split", default="test", choices=["train", "val", "test"], help="split (default: test)")
-    r.add_argument("--images", type=int, default=1000, metavar="N", help="a seeded, class-balanced sample of N images of the split (default: 1000)")
-    r.add_argument("--batch-size", type=int, default=100, help="images per batch (default: 100)")
+    r.add_argument("--images", type=positive_int, default=1000, metavar="N", help="a seeded, class-balanced sample of N images of the split (default: 1000)")
+    r.add_argument("--batch-size", type=positive_int, default=100, help="images per batch (default: 100)")
     r.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
     r.add_argument("--out", default="responses", metavar="DIR", help="writes DIR/responses.json and .png")
     r.add_argument("--download", action="store_true", help="download the dataset if it is missing")
@@ -23,11 +25,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here, not at the top: `resnet analyze --help` loads this module only, and stays fast
     from resnet.device import resolve_device
     from resnet.evaluate.analysis import analyze_responses
 
-    if args.images < 1 or args.batch_size < 1:
-        raise ValueError("--images and --batch-size must be positive")
     resolve_device(args.device)
     result = analyze_responses(args.checkpoint, args.data, data_dir=args.data_dir, split=args.split,
                                images=args.images, batch_size=args.batch_size, device=args.device, out=args.out,

@@ -30,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here, not at the top: `resnet convert --help` loads this module only, and stays fast
     from resnet.convert import convert
 
     if args.image_size is not None and args.image_size < 1:

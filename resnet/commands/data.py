@@ -32,6 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.dataset == "fashion-scenes":
+        # imported here, not at the top: `resnet data --help` loads this module only, and stays fast
         from resnet.detection.cli import fashion_scenes
 
         return fashion_scenes(args)

@@ -25,6 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here, not at the top: `resnet demo --help` loads this module only, and stays fast
     from resnet.commands.reproduce import run as reproduce_run
     from resnet.reproduce.suite import usable_cpus
 

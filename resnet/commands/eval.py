@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 
+from resnet.commands.options import positive_int
 from resnet.evaluate.protocols import PAPER_SCALES, PROTOCOLS
 
 
@@ -37,10 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "10crop and multiscale have their own views)")
     p.add_argument("--scales", type=int, nargs="+", metavar="S",
                    help=f"shorter sides for multiscale (default: {' '.join(map(str, PAPER_SCALES))}; CIFAR-size: the image size)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per batch (default: 64)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
     p.add_argument("--workers", type=int, help="data-loading processes (default: cores - 1, at most 8)")
-    p.add_argument("--limit", type=int, metavar="N", help="a seeded, class-balanced sample of N images")
+    p.add_argument("--limit", type=positive_int, metavar="N", help="a seeded, class-balanced sample of N images")
     p.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
     p.add_argument("--confusion", metavar="FILE.png",
                    help="draw the confusion matrix with the class names (the ensemble's for several checkpoints)")
@@ -49,6 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here, not at the top: `resnet eval --help` loads this module only, and stays fast
     from resnet.detection import is_detector_checkpoint
 
     if is_detector_checkpoint(args.checkpoint[0]):  # COCO box/mask AP (--data fashion-scenes or coco)
@@ -56,7 +58,6 @@ def run(args: argparse.Namespace) -> int:
 
         return evaluate_detector(args)
     from resnet import strictjson
-    from resnet.atomic import atomic_write_text
     from resnet.device import resolve_device
     from resnet.evaluate.runner import evaluate_checkpoints, format_results
     from resnet.inference import load_network
@@ -69,8 +70,6 @@ def run(args: argparse.Namespace) -> int:
         args.protocol = args.tta
     if args.confusion and not args.confusion.lower().endswith(".png"):
         raise ValueError(f"--confusion {args.confusion}: give a .png file name")
-    if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
-        raise ValueError("--batch-size and --limit must be positive")
     resolve_device(args.device)
     result = evaluate_checkpoints(args.checkpoint, args.data, data_dir=args.data_dir, split=args.split,
                                   protocol=args.protocol, scales=args.scales, batch_size=args.batch_size,
@@ -86,6 +85,6 @@ def run(args: argparse.Namespace) -> int:
         plot_confusion(scored["confusion"], result["classes"], args.confusion, title)
         print(f"wrote {args.confusion}")
     if args.json:
-        atomic_write_text(args.json, strictjson.dumps(result, indent=2))
+        strictjson.write(args.json, result)
         print(f"wrote {args.json}")
     return 0

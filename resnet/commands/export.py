@@ -33,6 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here, not at the top: `resnet export --help` loads this module only, and stays fast
     from resnet.detection import is_detector_checkpoint
 
     if is_detector_checkpoint(args.checkpoint):  # torchvision's detection export: resnet/detection/export.py
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
                              "error); drop --int8")
         return export_detector(args)
     from resnet import strictjson
-    from resnet.checkpoint import load_model
+    from resnet.weights import load_model
     from resnet.export import TOLERANCE, check_opset, export_onnx
 
     opset = check_opset(args.opset, args.dynamo)

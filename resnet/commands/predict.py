@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from resnet.commands.options import positive_int
 from resnet.data.folder import MAX_PIXELS
 from resnet.evaluate.protocols import PROTOCOLS
 
@@ -27,16 +28,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="what computes the scores: auto (default: ONNX Runtime for an .onnx file; for a checkpoint "
                         "torch, in bf16 autocast + channels_last on CPUs with native bf16), torch-fp32, torch-bf16, "
                         "onnxruntime (.onnx files)")
-    p.add_argument("--top", type=int, default=5, help="how many classes to show (default: 5)")
+    p.add_argument("--top", type=positive_int, default=5, help="how many classes to show (default: 5)")
     p.add_argument("--protocol", default="center", choices=PROTOCOLS, help="test protocol (default: center)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default: 32)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
     p.add_argument("--draw", metavar="DIR", help="detector checkpoints: write each image with its detections drawn")
     p.add_argument("--score-threshold", type=float, default=0.5,
                    help="detector checkpoints: the lowest score shown (default: 0.5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--out", metavar="FILE", help="also write the results to FILE.json or FILE.csv")
-    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+    p.add_argument("--max-pixels", type=positive_int, default=MAX_PIXELS,
                    help=f"skip images above this many pixels (default: {MAX_PIXELS:,})")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="mixed precision (default: on CUDA and on CPUs with native bf16); --no-amp: exact fp32, "
@@ -44,6 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here, not at the top: `resnet predict --help` loads this module only, and stays fast
     from resnet.detection import is_detector_checkpoint
 
     if is_detector_checkpoint(args.checkpoint):  # boxes, classes, scores (and masks): resnet/detection/cli.py
@@ -55,9 +57,6 @@ def run(args: argparse.Namespace) -> int:
     from resnet.inference import load_classifier
     from resnet.predict import format_predictions, predict, write_predictions
 
-    for option in ("top", "batch_size", "max_pixels"):
-        if getattr(args, option) < 1:
-            raise ValueError(f"--{option.replace('_', '-')} must be positive")
     if args.out and Path(args.out).suffix.lower() not in (".json", ".csv"):
         raise ValueError(f"--out {args.out}: give a .json or .csv file name")
     resolve_device(args.device)

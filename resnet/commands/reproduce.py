@@ -34,12 +34,10 @@ EXPERIMENTS = ("table6", "shortcuts", "fig7", "degradation", "detection")
 
 def cifar_depth(text: str) -> int:
     """A depth with a CIFAR net in the registry (6n+2: 20, 32, 44, 56, 110, 1202)."""
+    # imported here, not at the top: `resnet reproduce --help` loads this module only, and stays fast
     from resnet.models.registry import CIFAR_N
 
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    value = positive_int(text)
     if value not in CIFAR_N:
         raise argparse.ArgumentTypeError(f"no CIFAR net of depth {value}; choose from "
                                          f"{', '.join(map(str, sorted(CIFAR_N)))}")
@@ -70,6 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here, not at the top: `resnet reproduce --help` loads this module only, and stays fast
     from resnet.reproduce import reproduce
     from resnet.train.loop import Interrupted
 

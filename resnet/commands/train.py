@@ -179,6 +179,7 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    # imported here, not at the top: `resnet train --help` loads this module only, and stays fast
     from resnet.train.loop import Interrupted, TrainingDiverged, train
 
     if args.resume:
@@ -220,6 +221,7 @@ def is_detection(args: argparse.Namespace) -> bool:
     if args.resume:
         from pathlib import Path
 
+        # imported here, not at the top: `resnet train --help` loads this module only, and stays fast
         from resnet.train.loop import read_config
 
         return read_config(Path(args.resume), args.out)[1].get("task") == "detection"

@@ -21,6 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here, not at the top: `resnet weights --help` loads this module only, and stays fast
     from resnet.weights import weights_table
 
     rows = [r for r in weights_table() if args.model is None or r["model"] == args.model]

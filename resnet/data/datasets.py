@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -25,7 +24,10 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
+from resnet.atomic import atomic_write
 from resnet.data import folder, small
+from resnet.data.info import DatasetInfo
+from resnet.data.transforms import CIFAR_PAD, PAPER_CROP, _scale_range, default_resize
 
 DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "fashion-mnist", "imagenet", "folder", "synthetic")
 SMALL = ("cifar10", "cifar100", "fashion-mnist", "synthetic")
@@ -43,24 +45,6 @@ TREES = ("imagenet", "folder")  # read from image files on access
 STYLES = ("auto", "small", "imagenet")
 SMALL_MAX_SIDE = 64  # a folder of images up to this size trains at native size with the CIFAR protocol
 MEAN_VERSION = "2"
-
-
-@dataclass
-class DatasetInfo:
-    """What a model and its transforms need to know about a dataset."""
-
-    name: str
-    classes: list[str]
-    class_names: list[str]
-    channels: int
-    image_size: int
-    style: str  # "small": pad-crop-flip at native size; "imagenet": scale augmentation, 224 crops
-    root: str | None = None
-    extra: dict = field(default_factory=dict, repr=False)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
 
 
 class ImageTensors(Dataset):
@@ -155,8 +139,6 @@ def _median(values: list[int]) -> int:
 def choose_style(sizes: list[tuple[int, int]], style: str | None = None, image_size: int | None = None,
                  default: str = "auto") -> tuple[str, int, str]:
     """(style, image_size, reason): the options when given, else from the images' typical (median) size."""
-    from resnet.data.transforms import PAPER_CROP
-
     style = style or default
     if style not in STYLES:
         raise ValueError(f"invalid --style {style!r}; allowed: {', '.join(STYLES)}")
@@ -192,8 +174,6 @@ def _tree_info(name: str, data_dir: str | Path | None, image_size: int | None = 
 def describe_input(info: DatasetInfo, crop_pad: int | None = None) -> str:
     """One line: the protocol a run uses for this data, its input size and why (printed at the start of training);
     `crop_pad` is the run's padding before the random crop (default: the paper's 4)."""
-    from resnet.data.transforms import CIFAR_PAD, _scale_range, default_resize
-
     s = info.image_size
     if info.style == "small":
         pad = CIFAR_PAD if crop_pad is None else crop_pad
@@ -383,8 +363,6 @@ def _read_cached_mean(path: Path, meta: dict) -> torch.Tensor | None:
 
 
 def _write_cached_mean(path: Path, mean: torch.Tensor, meta: dict) -> None:
-    from resnet.atomic import atomic_write
-
     try:
         atomic_write(path, lambda tmp: save_file({"mean": mean.contiguous()}, tmp, metadata=meta))
     except OSError:

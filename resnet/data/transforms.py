@@ -8,14 +8,13 @@ transform needs.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-if TYPE_CHECKING:
-    from resnet.data.datasets import DatasetInfo
+from resnet.data.info import DatasetInfo
 
 # AlexNet's PCA colour augmentation: eigen-decomposition of ImageNet's RGB covariance (0..1 scale).
 IMAGENET_EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045])
@@ -95,7 +94,7 @@ def default_resize(crop: int) -> int:
     return round(256 * crop / PAPER_CROP)
 
 
-def fit(size: int) -> v2.Compose:
+def resize_center_crop(size: int) -> v2.Compose:
     """A small-style image at its network size: shorter side resized to `size`, centre crop (identity at size x size)."""
     return v2.Compose([resize_shorter(size), v2.CenterCrop(size)])
 
@@ -119,7 +118,7 @@ def train_transform(info: DatasetInfo, mean: torch.Tensor, crop_pad: int = CIFAR
             v2.Compose(
                 [
                     v2.ToImage(),
-                    fit(info.image_size),
+                    resize_center_crop(info.image_size),
                     v2.RandomCrop(info.image_size, padding=crop_pad),
                     v2.RandomHorizontalFlip(),
                     v2.ToDtype(torch.float32, scale=True),
@@ -152,7 +151,7 @@ def test_transform(info: DatasetInfo, mean: torch.Tensor, resize: int | None = N
     side 256, centre 224 crop (ImageNet)."""
     if info.style == "small":
         return _with_min_side(
-            v2.Compose([v2.ToImage(), fit(info.image_size), v2.ToDtype(torch.float32, scale=True), MeanSubtract(mean),
+            v2.Compose([v2.ToImage(), resize_center_crop(info.image_size), v2.ToDtype(torch.float32, scale=True), MeanSubtract(mean),
                         v2.ToPureTensor()]),
             info.image_size,
         )

@@ -35,7 +35,6 @@ def predict(args: argparse.Namespace) -> int:
 def evaluate(args: argparse.Namespace) -> int:
     """COCO box (and mask) AP of one detector checkpoint on a COCO-format split; --json OUT as classification."""
     from resnet import strictjson
-    from resnet.atomic import atomic_write_text
     from resnet.detection.coco import detection_datasets
     from resnet.detection.evaluate import evaluate_detector
     from resnet.detection.models import load_detector
@@ -51,7 +50,7 @@ def evaluate(args: argparse.Namespace) -> int:
     result = {"checkpoint": args.checkpoint[0], "data": args.data, "split": split, **metrics}
     print("\n".join(f"{k:>10}: {v:.4f}" if isinstance(v, float) else f"{k:>10}: {v}" for k, v in result.items()))
     if args.json:
-        atomic_write_text(args.json, strictjson.dumps(result, indent=2))
+        strictjson.write(args.json, result)
         print(f"wrote {args.json}")
     return 0
 

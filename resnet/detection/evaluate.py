@@ -18,6 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from resnet.detection.coco import CocoDetection, collate_detection
+from resnet.train.distributed import all_gather_lists, world_size
+
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 IOU_TYPES = {"box": "bbox", "mask": "segm"}
 
@@ -77,8 +80,6 @@ def encode_masks(masks: torch.Tensor, threshold: float = 0.5) -> list[dict]:
 
 def coco_dataset_of(source):
     """The CocoDetection behind a dataset, a Subset or a loader (ours, or a DataLoader)."""
-    from resnet.detection.coco import CocoDetection
-
     seen = source
     for _ in range(6):
         if isinstance(seen, CocoDetection):
@@ -91,8 +92,6 @@ def coco_dataset_of(source):
 
 def _batches(source, batch_size: int):
     """(images, targets) batches from a loader, or from a dataset (no __iter__) read in order."""
-    from resnet.detection.coco import collate_detection
-
     if hasattr(source, "__iter__"):
         yield from source
         return
@@ -109,8 +108,6 @@ def evaluate_detector(model: nn.Module, loader_or_dataset, *, device: str | torc
     With masks, the values have "mask_" keys beside the "box_" ones; "images" counts the images scored.
     Under torchrun each process runs its shard of the loader and every process scores all of them together.
     """
-    from resnet.train.distributed import all_gather_lists, world_size
-
     if limit is not None:
         limit = -(-limit // world_size())  # each process its share of the N
 

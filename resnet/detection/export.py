@@ -18,6 +18,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from resnet.atomic import atomic_write
+from resnet.checkpoint import check_finite
+from resnet.detection.scenes import default_folder
+from resnet.predict import read_image
+
 BOX_TOLERANCE = 0.05  # pixels
 SCORE_TOLERANCE = 1e-3
 OPSET = 17
@@ -49,9 +54,6 @@ def export_detector(model: nn.Module, out: str | Path, image: torch.Tensor, *, o
     """Write the detector as ONNX (atomically) and check it on `image` ([C,H,W] on 0..1) against ONNX Runtime."""
     import onnx
 
-    from resnet.atomic import atomic_write
-    from resnet.checkpoint import check_finite
-
     out = Path(out)
     model = model.to("cpu").eval()
     check_finite(model.state_dict(), f"the detector to export to {out}")
@@ -81,12 +83,8 @@ def export_detector(model: nn.Module, out: str | Path, image: torch.Tensor, *, o
 
 def check_image(model: nn.Module, image: str | Path | None) -> tuple[torch.Tensor, str]:
     """The image to check the export on ([C,H,W] on 0..1) and its name: `image`, else fashion-scenes' first val image."""
-    from resnet.predict import read_image
-
     channels = model.spec["net_options"].get("in_channels", 3)
     if image is None:
-        from resnet.detection.scenes import default_folder
-
         candidate = default_folder() / "val" / "000000.png"
         if not candidate.is_file():
             raise FileNotFoundError("resnet export of a detector checks it on a real image: give --image FILE "

@@ -40,6 +40,8 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
+from resnet.checkpoint import (META_KEY, check_finite, load_state_dict_checked, load_weights, save_weights, unwrap,
+                               weights_path)
 from resnet.convert import IMAGENET_MEAN, IMAGENET_STD
 from resnet.detection.backbones import (
     FPN_CHANNELS,
@@ -50,6 +52,9 @@ from resnet.detection.backbones import (
     check_trainable_stages,
     freeze_backbone,
 )
+from resnet.models import build_model
+from resnet.train.finetune import read_init
+from resnet.weights import adapt_channels, load_into
 
 HEADS = ("c4", "fpn")
 ASPECT_RATIOS = (0.5, 1.0, 2.0)
@@ -60,9 +65,7 @@ _BUILT = {"self", "backbone", "num_classes", "rpn_anchor_generator", "rpn_head",
 
 
 def _net_options() -> set[str]:
-    from resnet.models import create_model
-
-    return set(inspect.signature(create_model).parameters) - {"name", "num_classes"}
+    return set(inspect.signature(build_model).parameters) - {"name", "num_classes"}
 
 
 def _rcnn_options() -> set[str]:
@@ -84,8 +87,6 @@ def split_options(options: dict) -> tuple[dict, dict, dict]:
 
 def _per_channel(stat: torch.Tensor | None, channels: int, default: tuple[float, ...]) -> list[float]:
     """A mean or std as one value per input channel (a per-pixel mean is averaged over the image)."""
-    from resnet.weights import adapt_channels
-
     if stat is None:
         stat = torch.tensor(default).reshape(-1, 1, 1)
     stat = adapt_channels(stat.float().mean(dim=(1, 2), keepdim=True), channels)
@@ -94,16 +95,12 @@ def _per_channel(stat: torch.Tensor | None, channels: int, default: tuple[float,
 
 def _backbone_net(backbone: str, net_options: dict, backbone_weights: str | Path | None) -> tuple[nn.Module, str | None]:
     """Our classification net (weights loaded, conv1 fitted to in_channels) and the weights' source."""
-    from resnet.models import create_model
-
     if backbone_weights is None:
-        return create_model(backbone, **net_options), None
-    from resnet.train.finetune import read_init
-    from resnet.weights import fit
+        return build_model(backbone, **net_options), None
 
     pretrained, merged, notes = read_init(backbone, backbone_weights, net_options)
-    net = create_model(backbone, **merged)
-    notes += [n for n in fit(net, pretrained) if not n.startswith("fc:")]  # the classifier is not used
+    net = build_model(backbone, **merged)
+    notes += [n for n in load_into(net, pretrained) if not n.startswith("fc:")]  # the classifier is not used
     for note in notes:
         print(f"backbone weights: {note}", file=sys.stderr)
     return net, pretrained.source
@@ -160,10 +157,8 @@ def _num_classes(num_classes: int | None, class_names: list[str] | None) -> int:
 
 def build_detector(spec: dict, net: nn.Module | None = None) -> FasterRCNN:
     """The detector a spec (`model.spec`, `meta["detector"]`) describes; `net`: its backbone, weights loaded."""
-    from resnet.models import create_model
-
     if net is None:
-        net = create_model(spec["backbone"], **spec["net_options"])
+        net = build_model(spec["backbone"], **spec["net_options"])
     freeze_backbone(net, spec["trainable_stages"], spec["frozen_bn"])
     options = dict(spec["detector_options"])
     num_classes, masks = spec["num_classes"], spec["masks"]
@@ -206,16 +201,12 @@ def detector_classes(model: nn.Module) -> list[str]:
 
 def detector_meta(model: nn.Module, **extra) -> dict:
     """The metadata a detector checkpoint holds (what `load_detector` rebuilds it from), plus `extra`."""
-    from resnet.checkpoint import unwrap
-
     net = unwrap(model)
     return {"model": net.name, "options": dict(net.options), **net.meta, **extra}
 
 
 def save_detector(path: str | Path, model: nn.Module, **extra) -> Path:
     """The detector's weights and `detector_meta` as one .safetensors file (atomic)."""
-    from resnet.checkpoint import save_weights
-
     return save_weights(path, model, detector_meta(model, **extra))
 
 
@@ -224,8 +215,6 @@ def read_meta(path: str | Path) -> dict:
     import json
 
     from safetensors import safe_open
-
-    from resnet.checkpoint import META_KEY, weights_path
 
     try:
         with safe_open(str(weights_path(path)), framework="pt") as f:
@@ -245,8 +234,6 @@ def is_detector_checkpoint(path: str | Path) -> bool:
 
 def load_detector(path: str | Path, device: str | torch.device = "cpu", which: str = "best") -> FasterRCNN:
     """The detector saved at `path` (a .safetensors file or a run directory), in eval mode."""
-    from resnet.checkpoint import check_finite, load_state_dict_checked, load_weights, weights_path
-
     file = weights_path(path, which)
     state, meta, _ = load_weights(file)
     spec = meta.get("detector")
@@ -299,6 +286,4 @@ def from_torchvision(state: dict[str, torch.Tensor], model: nn.Module) -> dict[s
 
 def load_torchvision_detector(model: nn.Module, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
     """Load a torchvision detector's state dict (e.g. fasterrcnn_resnet50_fpn's) into our detector, checked."""
-    from resnet.checkpoint import load_state_dict_checked
-
     load_state_dict_checked(model, from_torchvision(state, model), source, model.name)

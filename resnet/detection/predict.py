@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from resnet.atomic import atomic_write
 from resnet.data.folder import MAX_PIXELS
+from resnet.detection.evaluate import encode_masks
+from resnet.predict import gather_images, read_image, write_json_or_csv
 
 
 @torch.no_grad()
@@ -29,9 +31,6 @@ def predict_detections(model: nn.Module, images: Sequence[str | Path], *, device
 
     `keep_masks` also keeps the soft masks as tensors under "_masks" (for drawing; not JSON).
     """
-    from resnet.detection.evaluate import encode_masks
-    from resnet.predict import gather_images, read_image
-
     names = model.meta["class_names"]
     channels = model.spec["net_options"].get("in_channels", 3)
     model.eval()
@@ -86,22 +85,13 @@ def detections_csv(results: list[dict]) -> str:
 
 def write_detections(results: list[dict], out: str | Path) -> Path:
     """Results written atomically as JSON (.json) or CSV (.csv)."""
-    from resnet.atomic import atomic_write_text
-
-    out = Path(out)
-    if out.suffix.lower() == ".json":
-        return atomic_write_text(out, json.dumps(public(results), indent=2))
-    if out.suffix.lower() == ".csv":
-        return atomic_write_text(out, detections_csv(results))
-    raise ValueError(f"--out {out}: give a .json or .csv file name")
+    return write_json_or_csv(out, public(results), lambda: detections_csv(results))
 
 
 def draw_detections(results: list[dict], folder: str | Path) -> list[Path]:
     """Each image with its boxes, 'class score' labels and masks, as folder/<stem>.png (atomic writes)."""
     from PIL import Image
     from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
-
-    from resnet.atomic import atomic_write
 
     folder = Path(folder)
     written = []

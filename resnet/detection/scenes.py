@@ -26,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from resnet.data.small import FASHION_MNIST_CLASSES, data_home, fashion_mnist_root, read_fashion_mnist
+
 NAME = "fashion-scenes"
 ITEM_THRESHOLD = 30  # Fashion-MNIST pixels above this (of 255) belong to the item
 MAX_COVERED = 0.2  # at most this share of an earlier item's pixels may be covered by a later one
@@ -36,8 +38,6 @@ SPLIT_CODE = {"train": 0, "val": 1}
 
 def default_folder() -> Path:
     """$RESNET_DATA/fashion-scenes, or ~/.cache/resnet/fashion-scenes (where the other datasets live)."""
-    from resnet.data.small import data_home
-
     return data_home() / NAME
 
 
@@ -130,8 +130,6 @@ def make_fashion_scenes(out: str | Path | None = None, *, train: int = 2000, val
 
     A folder already holding the same parameters (scenes.json) is kept as it is.
     """
-    from resnet.data.small import FASHION_MNIST_CLASSES, fashion_mnist_root, read_fashion_mnist
-
     for option, value, low in (("train", train, 1), ("val", val, 1), ("size", size, 32), ("max_items", max_items, 1)):
         if not isinstance(value, int) or value < low:
             raise ValueError(f"invalid --{option.replace('_', '-')} {value!r}: at least {low}")

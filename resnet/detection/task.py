@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from resnet.atomic import atomic_write
 from resnet.detection.coco import build_detection_data
 from resnet.detection.evaluate import evaluate_detector
 from resnet.detection.models import create_detector, detection_loss
@@ -114,8 +115,6 @@ def plot_detection_curves(rows: list[dict], path: Path, title: str) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from resnet.atomic import atomic_write
 
     steps = [r["step"] for r in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), dpi=120)

@@ -15,7 +15,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from resnet import strictjson
+from resnet.atomic import atomic_write, atomic_write_text
+from resnet.data import dataset_info, get_dataset, pixel_mean
+from resnet.data.sampling import balanced_subset
+from resnet.evaluate.preprocess import input_norm
+from resnet.evaluate.protocols import checkpoint_protocol
+from resnet.evaluate.runner import check_compatible
 from resnet.models.blocks import BasicBlock, Bottleneck
+from resnet.weights import load_model
 
 
 def response_layers(model: nn.Module) -> list[tuple[str, nn.BatchNorm2d]]:
@@ -77,8 +85,6 @@ def plot_responses(networks: Sequence[dict], path: str | Path) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    from resnet.atomic import atomic_write
-
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 7))
     for net in networks:
         stds = [layer["std"] for layer in net["layers"]]
@@ -112,24 +118,12 @@ def analyze_responses(checkpoints: Sequence[str | Path], data: str, *, data_dir:
     """
     from tqdm import tqdm
 
-    from resnet.data import get_dataset
-    from resnet.evaluate.preprocess import input_norm
-    from resnet import strictjson
-    from resnet.data.sampling import balanced_subset
-    from resnet.evaluate.protocols import checkpoint_protocol
-    from resnet.atomic import atomic_write_text
-    from resnet.checkpoint import load_model
-    from resnet.data import dataset_info
-    from resnet.evaluate.runner import check_compatible
-
     networks = []
     for path in checkpoints:
         model = load_model(path, device)
         meta = model.meta
         fallback = None
         if model.input_mean is None:
-            from resnet.data import pixel_mean
-
             fallback = pixel_mean(data, data_dir, download=download, **(data_options or {}))
         info = dataset_info(data, data_dir, download=download, **(data_options or {}))
         check_compatible(model, str(path), len(info.classes), info.channels)

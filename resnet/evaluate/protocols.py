@@ -30,7 +30,8 @@ from torchvision.transforms.v2 import functional as TF
 
 from resnet import precision
 from resnet.data.loaders import tta_views
-from resnet.data.transforms import default_resize, fit
+from resnet.data.transforms import default_resize, resize_center_crop
+from resnet.evaluate import memory
 from resnet.evaluate.preprocess import InputNorm
 
 PAPER_SCALES = (224, 256, 384, 480, 640)
@@ -65,12 +66,10 @@ def softmax_scores(model: nn.Module, x: torch.Tensor, amp: bool | None = None) -
 
     The batch goes through the network in chunks small enough for the memory there is (resnet/evaluate/memory.py),
     so an oversized --batch-size gives the same scores instead of running out of memory."""
-    from resnet.evaluate.memory import chunks_for
-
     fast = precision.channels_last(x.device, False if amp is False else None)
     dtype = precision.amp_dtype(x.device, amp)
     outputs = []
-    for part in chunks_for(x, x.device):
+    for part in memory.chunks_for(x, x.device):
         if fast:
             part = part.contiguous(memory_format=torch.channels_last)
         with precision.autocast(x.device, dtype):
@@ -115,7 +114,7 @@ class Center(Protocol):
         self.style = style
         crop = crop or default_crop(style)
         if style == "small":
-            self.geometry: nn.Module = fit(crop)
+            self.geometry: nn.Module = resize_center_crop(crop)
             self.min_side = crop
         else:
             self.min_side = resize or default_resize(crop)
@@ -147,7 +146,7 @@ class TenCrop(Protocol):
         crop = crop or default_crop(style)
         self.style, self.crop, self.pad = style, crop, pad
         self.min_side = crop if style == "small" else resize or default_resize(crop)
-        self.resize = fit(crop) if style == "small" else v2.Resize(self.min_side, antialias=True)
+        self.resize = resize_center_crop(crop) if style == "small" else v2.Resize(self.min_side, antialias=True)
 
     def prepare(self, image) -> torch.Tensor:
         image = self.resize(to_image(image))

@@ -10,14 +10,20 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from resnet import precision
+from resnet import precision, strictjson
+from resnet.checkpoint import weights_path
+from resnet.data import dataset_info, get_dataset, pixel_mean
+from resnet.data.datasets import TREES, VAL_FRACTION
 from resnet.data.folder import Unreadable
 from resnet.data.loaders import default_workers, ignore_stop_signals
-from resnet.evaluate.confusion import MAX_TABLE_CLASSES
+from resnet.data.sampling import balanced_subset
+from resnet.evaluate.confusion import MAX_TABLE_CLASSES, format_per_class
 from resnet.evaluate.ensemble import ensemble_scores
+from resnet.evaluate.memory import batch_that_fits, views_bytes
 from resnet.evaluate.metrics import ErrorMeter
 from resnet.evaluate.preprocess import InputNorm, input_norm
-from resnet.evaluate.protocols import Protocol
+from resnet.evaluate.protocols import Protocol, checkpoint_protocol
+from resnet.weights import load_model
 
 
 class ReadableCollate:
@@ -78,8 +84,6 @@ def _batch_that_fits(dataset, batch_size: int, device: torch.device) -> int:
     same, as they are sums over images."""
     import sys
 
-    from resnet.evaluate.memory import batch_that_fits, views_bytes
-
     for index in range(min(len(dataset), 8)) if batch_size > 1 else ():
         views = dataset[index][0]
         if isinstance(views, Unreadable):
@@ -104,8 +108,6 @@ def check_compatible(model: nn.Module, source: str, num_classes: int, channels: 
 
 def run_config(path: str | Path) -> dict | None:
     """The config.json of a run directory (None for a checkpoint file or name); a damaged one is one line naming it."""
-    from resnet import strictjson
-
     path = Path(path)
     if not (path.is_dir() and (path / "config.json").exists()):
         return None
@@ -120,8 +122,6 @@ def resolve_split(data: str, split: str, config: dict | None = None) -> tuple[st
     for "test". A small dataset's "val" is the held-out part of its training set (45k/5k for CIFAR-10, by the
     run's seed), not its test set; a run trained without that split has no val images.
     """
-    from resnet.data.datasets import TREES, VAL_FRACTION
-
     if data in TREES:
         return ("val" if split == "test" else split), {}
     if split == "val" and data in VAL_FRACTION:
@@ -144,15 +144,9 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], data: str, *, data_d
     the held-out split, so scoring it there is optimistic). Images get the first checkpoint's own test
     preprocessing (its style, image size and resize); `limit` evaluates a seeded, class-balanced sample of that
     many images. The result names the split as it is (see `resolve_split`). `load(path, device, which)` reads a
-    network (default `resnet.checkpoint.load_model`; `resnet eval` passes `resnet.inference.load_network`, which
+    network (default `resnet.weights.load_model`; `resnet eval` passes `resnet.inference.load_network`, which
     also reads ONNX files).
     """
-    from resnet.data import dataset_info, get_dataset
-    from resnet.data.datasets import TREES
-    from resnet.data.sampling import balanced_subset
-    from resnet.evaluate.protocols import checkpoint_protocol
-    from resnet.checkpoint import load_model, weights_path
-
     if which not in ("best", "last"):
         raise ValueError(f"invalid --which {which!r}; choose best or last")
     split, split_options = resolve_split(data, split, run_config(checkpoints[0]))
@@ -167,8 +161,6 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], data: str, *, data_d
     options.pop("draft", None)
     fallback = None
     if any(getattr(m, "input_mean", None) is None for m in models):
-        from resnet.data import pixel_mean
-
         fallback = pixel_mean(data, data_dir, download=download, **options)
     for path, model in zip(checkpoints, models):
         check_compatible(model, str(path), len(info.classes), info.channels)
@@ -214,8 +206,6 @@ def format_results(result: dict) -> str:
     lines += [fmt.format(*row) for row in body]
     scored = result.get("ensemble") or result["members"][0]
     if scored.get("per_class") and len(scored["per_class"]) <= MAX_TABLE_CLASSES:
-        from resnet.evaluate.confusion import format_per_class
-
         lines += ["", f"per class ({'ensemble' if 'ensemble' in result else rows[0][0]}):",
                   format_per_class(scored["per_class"])]
     skipped = result.get("skipped") or []

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from resnet import precision
-from resnet.checkpoint import load_model
+from resnet.weights import load_model
 from resnet.evaluate.preprocess import InputNorm, input_norm
 from resnet.evaluate.protocols import Protocol, checkpoint_protocol
 from resnet.inference.onnx_net import OnnxNet, is_onnx
@@ -98,7 +98,7 @@ def check_engine(source: str | Path, engine: str | None, device: str | torch.dev
 
 
 def load_network(source: str | Path, device: str | torch.device = "cpu", which: str = "best") -> nn.Module | OnnxNet:
-    """The network of a checkpoint (a torch module, `resnet.checkpoint.load_model`) or of an ONNX file (`OnnxNet`,
+    """The network of a checkpoint (a torch module, `resnet.weights.load_model`) or of an ONNX file (`OnnxNet`,
     no torch network built); both carry `.meta`, `.input_mean`, `.input_std`."""
     if is_onnx(source):
         check_engine(source, None, device)

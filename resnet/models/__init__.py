@@ -2,6 +2,6 @@
 
 from resnet.models.blocks import BasicBlock, Bottleneck
 from resnet.models.networks import NetworkSpec, ResNet
-from resnet.models.registry import SPECS, create_model, get_spec, list_models
+from resnet.models.registry import SPECS, build_model, get_spec, list_models
 
-__all__ = ["BasicBlock", "Bottleneck", "NetworkSpec", "ResNet", "SPECS", "create_model", "get_spec", "list_models"]
+__all__ = ["BasicBlock", "Bottleneck", "NetworkSpec", "ResNet", "SPECS", "build_model", "get_spec", "list_models"]

@@ -45,7 +45,7 @@ SPECS: dict[str, NetworkSpec] = _build_specs()
 
 
 def list_models(family: str | None = None) -> list[str]:
-    """Names accepted by `create_model`, optionally only one family ("imagenet" or "cifar")."""
+    """Names accepted by `build_model`, optionally only one family ("imagenet" or "cifar")."""
     names = [n for n, s in SPECS.items() if family is None or s.family == family]
     return sorted(names, key=lambda n: (SPECS[n].family, not SPECS[n].residual, SPECS[n].depth))
 
@@ -69,7 +69,7 @@ def _check_choice(option: str, value: object, allowed: tuple) -> None:
         raise ValueError(f"invalid {option}={value!r}; allowed: {', '.join(map(repr, allowed))}")
 
 
-def create_model(
+def build_model(
     name: str,
     *,
     num_classes: int | None = None,
@@ -80,7 +80,10 @@ def create_model(
     base_width: int | None = None,
     zero_pad: str = "after",
 ) -> nn.Module:
-    """Build a network of the paper by name, e.g. `create_model("resnet56")`.
+    """Build a network of the paper by name, e.g. `build_model("resnet56")`, freshly initialised.
+
+    `resnet.create_model(name, pretrained=None, **options)` (resnet/weights.py) is the public entry: without
+    weights it is this function; the models package stays below the weights code and never imports it.
 
     Defaults follow the paper: 1000 classes and shortcut B for ImageNet nets, 10 classes and
     shortcut A for CIFAR nets, stride in the bottleneck's first 1x1 conv. `base_width` changes

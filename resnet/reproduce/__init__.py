@@ -11,11 +11,13 @@ import statistics
 from pathlib import Path
 
 from resnet.atomic import atomic_write_text
+from resnet.evaluate.analysis import analyze_responses, plot_responses
 from resnet.models import get_spec
 from resnet.reproduce import experiments
 from resnet.reproduce.experiments import EXPERIMENTS, PAPER_TABLE6, plan, recipe_for
 from resnet.reproduce.report import aggregate, format_table, plot_figure6, write_report
-from resnet.reproduce.suite import check_suite, finished, run_all
+from resnet.reproduce.runs import finished
+from resnet.reproduce.suite import check_suite, run_all
 
 DATA = ("cifar10", "fashion-mnist")
 
@@ -73,8 +75,6 @@ def _collect(out: Path, specs) -> list[dict]:
 
 def _fig7(out: Path, results: list[dict], data: str, data_dir: str | None, download: bool) -> None:
     """Layer responses (Fig. 7) of the trained nets, seed 0 of each: out/fig7.png and out/fig7/responses.json."""
-    from resnet.evaluate.analysis import analyze_responses, plot_responses
-
     chosen = [out / r["name"] for r in results if r["seed"] == 0]
     result = analyze_responses(chosen, data, data_dir=data_dir, out=out / "fig7", download=download, progress=None)
     plot_responses(result["networks"], out / "fig7.png")

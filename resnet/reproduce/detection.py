@@ -17,7 +17,11 @@ from pathlib import Path
 
 from resnet import strictjson
 from resnet.atomic import atomic_write_text
+from resnet.detection.scenes import make_fashion_scenes
+from resnet.detection.train import train_detector
+from resnet.reproduce.suite import check_suite
 from resnet.train.curves import read_metrics
+from resnet.train.loop import train
 from resnet.train.recipes import Recipe, get_recipe
 
 # Table 8 (COCO val, mAP@.5 / mAP@[.5,.95]) and Table 7 (PASCAL VOC 2007 test mAP), Faster R-CNN.
@@ -68,13 +72,9 @@ def reproduce_detection(data: str = "fashion-scenes", *, budget: float = 1.0, de
     seed by seed: a table6 suite (`{plain,resnet}{depth}-s{seed}`) or another detection suite (its
     `-classify` runs, e.g. the box suite's for the `--masks` suite).
     """
-    from resnet.reproduce.suite import check_suite
-
     if seeds < 1:
         raise ValueError(f"invalid --seeds {seeds}; must be at least 1")
     if data == "fashion-scenes" and data_dir is None:  # generated offline once (kept when already there)
-        from resnet.detection.scenes import make_fashion_scenes
-
         make_fashion_scenes(progress=progress is not False)
     b = DetectionBudget(depth=depth or DetectionBudget.depth)
     pretrain, detect = recipes(budget, device, b)
@@ -119,9 +119,6 @@ def backbone_run(pretrained: Path, model: str, seed: int) -> Path:
 def _train_pair(stage: Stage, kind: str, out: Path, data: str, masks: bool, data_dir: str | None,
                 pretrained: str | Path | None, progress: bool | None) -> dict:
     """Classification pretraining (or the reused backbone), then detection training: the report's row."""
-    from resnet.detection.train import train_detector
-    from resnet.train.loop import train
-
     model = stage.model
     if pretrained:
         backbone = backbone_run(Path(pretrained), model, stage.seed)

@@ -2,12 +2,11 @@
 
 `out/suite.json` records the data, budget and recipe; a later call with another budget or recipe is
 refused, so one folder never mixes runs that cannot be compared. Runs go one at a time in this process
-(`jobs=1`) or in `jobs` worker processes, through the same `run_one`.
+(`jobs=1`) or in `jobs` worker processes, through the same `run_one` (runs.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -18,16 +17,14 @@ from pathlib import Path
 
 from resnet import strictjson
 from resnet.atomic import atomic_write_text
-from resnet.reproduce.experiments import RunSpec, with_seed
+from resnet.reproduce import workers
+from resnet.reproduce.experiments import RunSpec
+from resnet.reproduce.runs import finished, resumable, run_one
 from resnet.train.curves import read_metrics
+from resnet.train.loop import Interrupted
 from resnet.train.progress import last_logged_step
 from resnet.train.recipes import Recipe
 
-RESULT = "result.json"  # written into a run directory when its run has finished
-# what summarize writes into result.json, and the report reads back
-RESULT_KEYS = ("name", "label", "model", "kind", "depth", "seed", "test_error", "best_val_test_error",
-               "train_error", "iterations", "train_seconds")
-NUMBERS = ("depth", "seed", "test_error", "best_val_test_error", "train_error", "iterations", "train_seconds")
 SUITE_FIX = ("delete it to let the next call record the suite's options again (the runs are kept; a run trained "
              "with other options is then mixed in), or use another --out")
 PROGRESS_SECONDS = 30  # with --jobs > 1, a line on how far each running run is, this often
@@ -53,102 +50,6 @@ def check_suite(out: Path, data: str, budget: float, recipe: Recipe) -> None:
     atomic_write_text(path, json.dumps(wanted, indent=2))
 
 
-def finished(run_dir: Path) -> dict | None:
-    """The run's result if it has finished; a damaged result.json is one line naming it and what to do."""
-    path = run_dir / RESULT
-    if not path.exists():
-        return None
-    fix = f"delete it (rm {path}) to re-run that net: the same command then resumes it from its checkpoint"
-    result = strictjson.read_object(path, RESULT_KEYS, fix=fix)
-    bad = [k for k in NUMBERS if not isinstance(result[k], (int, float)) or isinstance(result[k], bool)]
-    if bad:
-        raise ValueError(f"{path}: {', '.join(map(repr, bad))} should be numbers; {fix}")
-    return result
-
-
-def _resumable(run_dir: Path) -> bool:
-    from resnet.checkpoint import weights_path
-
-    if not (run_dir / "config.json").exists():
-        return False
-    try:
-        weights_path(run_dir, "last")
-    except FileNotFoundError:
-        return False
-    return True
-
-
-def last_epoch_train_error(rows: list[dict]) -> float:
-    """Training error over the batches of (about) the last epoch: the windows of the evaluations that fall in it,
-    weighted by their length, so one noisy quarter-epoch does not decide a comparison."""
-    end = rows[-1]["epoch"]
-    starts = [0] + [r["step"] for r in rows[:-1]]
-    windows = [(r["train_error"], r["step"] - start) for r, start in zip(rows, starts) if r["epoch"] > end - 1]
-    return sum(error * steps for error, steps in windows) / sum(steps for _, steps in windows)
-
-
-def final_row(run_dir: Path, last: dict, rows: list[dict]) -> dict:
-    """The run's final evaluation: `last` as train() returned it, or, when that has no test error (a run resumed
-    after its last step returns no new evaluation), the last row of its metrics.jsonl that has one."""
-    if "test_top1_error" in last:
-        return last
-    scored = [r for r in rows if "test_top1_error" in r]
-    if not scored:
-        raise ValueError(f"{run_dir / 'metrics.jsonl'}: no evaluation with a test error to summarise the run by; "
-                         f"delete {run_dir} to train that net again")
-    return max(scored, key=lambda r: r["step"])
-
-
-def summarize(run_dir: Path, spec: RunSpec, last: dict) -> dict:
-    """The numbers the report needs, from the last evaluation and metrics.jsonl.
-
-    `best_val_test_error` is the test error of the checkpoint with the lowest validation error
-    (the paper selects models on its 45k/5k split); without a validation split it equals the final one.
-    `train_error` is over the last epoch's batches (`last_epoch_train_error`).
-    """
-    rows = read_metrics(run_dir / "metrics.jsonl")
-    last = final_row(run_dir, last, rows)
-    validated = [r for r in rows if "val_top1_error" in r]  # never select on the test set
-    selected = min(validated, key=lambda r: r["val_top1_error"]) if validated else last
-    return {"name": spec.name, "label": spec.label, "model": spec.model, "kind": spec.kind, "depth": spec.depth,
-            "seed": spec.seed, "options": spec.model_options,
-            "test_error": last["test_top1_error"], "best_val_test_error": selected["test_top1_error"],
-            "best_val_step": selected["step"],
-            "train_error": last_epoch_train_error(rows) if rows else last["train_error"],
-            "val_error": last.get("val_top1_error"), "iterations": last["step"],
-            "train_seconds": last["wall_time"]}
-
-
-def run_one(spec: RunSpec, recipe: Recipe, out: Path, data: str, data_dir: str | None, download: bool,
-            progress: bool | None, log: bool = False, threads: int | None = None) -> dict:
-    """Train (or resume, or skip) one run; returns its summary, also written to RUN_DIR/result.json."""
-    from resnet.train.loop import train
-
-    run_dir = out / spec.name
-    done = finished(run_dir)
-    if done is not None:
-        return done
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with contextlib.ExitStack() as stack:
-        if log:  # a worker process: its output goes to the run's own log
-            stream = stack.enter_context(open(run_dir / "train.log", "a", buffering=1))
-            stack.enter_context(contextlib.redirect_stdout(stream))
-            stack.enter_context(contextlib.redirect_stderr(stream))
-        if _resumable(run_dir):
-            last = train(resume=run_dir, progress=progress, download=download)
-        else:
-            last = train(spec.model, data, recipe=with_seed(recipe, spec.seed), out=run_dir, data_dir=data_dir,
-                         model_options=dict(spec.model_options), download=download, progress=progress,
-                         overwrite=True)  # a start that never reached its first checkpoint begins again
-    result = summarize(run_dir, spec, last)
-    atomic_write_text(run_dir / RESULT, json.dumps(result, indent=2))
-    return result
-
-
 def run_all(specs: list[RunSpec], recipe: Recipe, out: Path, data: str, *, data_dir: str | None = None,
             download: bool = False, jobs: int = 1, progress: bool | None = None,
             on_result: Callable[[dict], None] = lambda r: None, say: Callable[[str], None] = print) -> list[dict]:
@@ -162,7 +63,7 @@ def run_all(specs: list[RunSpec], recipe: Recipe, out: Path, data: str, *, data_
     for i, spec in enumerate(todo):
         if jobs > 1:
             break
-        state = "resuming" if _resumable(out / spec.name) else "training"
+        state = "resuming" if resumable(out / spec.name) else "training"
         say(f"[{len(results) + 1}/{len(specs)}] {state} {spec.name}")
         start = time.perf_counter()
         result = run_one(spec, recipe, out, data, data_dir, download, progress)
@@ -181,9 +82,6 @@ def _run_parallel(todo, recipe, out, data, data_dir, download, jobs, on_result, 
     SIGINT/SIGTERM are forwarded to the workers, which save a checkpoint and stop; then this raises Interrupted
     (exit 128 + signal). A run that fails stops the others the same way, then its error is raised here.
     """
-    from resnet.reproduce import workers
-    from resnet.train.loop import Interrupted
-
     threads = max(1, usable_cpus() // jobs)
     queue, running, results, failures, stopped = list(todo), [], [], [], []
     last_progress = time.monotonic()

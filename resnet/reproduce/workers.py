@@ -23,6 +23,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from resnet.errors import expected_failures, one_line
+from resnet.reproduce.runs import run_one
+from resnet.train.loop import Interrupted
+
 STOP_GRACE = 30.0  # seconds a worker gets to save its checkpoint and exit after the first signal
 KILL_GRACE = 10.0  # then seconds after the second signal (stop without saving) before SIGKILL
 POLL = 0.2  # seconds between looks at the workers
@@ -170,10 +174,6 @@ def worker_main(answer_fd: int, pending: list[int] | None = None) -> int:
     """Run one job read from stdin; write the outcome as JSON to `answer_fd`; return the exit status.
 
     `pending` holds the signals that arrived while the worker started (see BOOT): then the run is not started."""
-    from resnet.errors import expected_failures, one_line
-    from resnet.reproduce.suite import run_one
-    from resnet.train.loop import Interrupted
-
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     code = 0
     try:

@@ -6,7 +6,7 @@ import importlib
 
 __all__ = ["RECIPES", "Recipe", "TrainingDiverged", "get_recipe", "load_model", "train"]
 _LAZY = {"RECIPES": "resnet.train.recipes", "Recipe": "resnet.train.recipes", "get_recipe": "resnet.train.recipes",
-         "TrainingDiverged": "resnet.train.loop", "train": "resnet.train.loop", "load_model": "resnet.checkpoint"}
+         "TrainingDiverged": "resnet.train.loop", "train": "resnet.train.loop", "load_model": "resnet.weights"}
 
 
 def __getattr__(name: str):

@@ -13,12 +13,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnet import precision
+from resnet import precision, strictjson
+from resnet.atomic import atomic_write_text
+from resnet.data import dataset_info, get_dataset, load_tensors, pixel_mean
 from resnet.data.batch_augment import BatchMix, low_resolution, random_erase
-from resnet.data.datasets import describe_input
+from resnet.data.datasets import TREES, describe_input, held_out_splits, protocol_options
 from resnet.data.loaders import TTA_VIEWS, TensorLoader, build_loader, tta_view
-from resnet.evaluate.metrics import confusion_counts, topk_errors
-from resnet.models import create_model
+from resnet.data.sampling import balanced_sample, balanced_subset
+from resnet.data.transforms import test_transform, train_transform
+from resnet.evaluate.confusion import plot_confusion
+from resnet.evaluate.metrics import confusion_counts, per_class, topk_errors
+from resnet.models import build_model
 from resnet.train import distributed, finetune
 from resnet.train.curves import plot_curves
 from resnet.train.progress import error_parts
@@ -29,9 +34,6 @@ def make_data(data: str, data_dir: str | None, recipe: Recipe, dist: distributed
               download: bool):
     """Training loader, held-out loaders by name ('val', and 'test' when the split is held out) for the evaluations
     during training (a `--eval-subset` sample) and for the final one (every held-out image), info, mean."""
-    from resnet.data import dataset_info, pixel_mean
-    from resnet.data.datasets import TREES, protocol_options
-
     options = protocol_options(data, recipe.style, recipe.image_size)
     info = dataset_info(data, data_dir, download=download, **options)
     mean = pixel_mean(data, data_dir, download=download, **options)
@@ -48,10 +50,6 @@ def make_data(data: str, data_dir: str | None, recipe: Recipe, dist: distributed
 
 def _tensor_loaders(data, info, mean, recipe, dist, device, split_options):
     """Small datasets held as one uint8 tensor on the device, cropped and flipped per batch there."""
-    from resnet.data import load_tensors
-    from resnet.data.datasets import held_out_splits
-    from resnet.data.sampling import balanced_sample
-
     per_process = recipe.batch_size // dist.world_size
     common = {"seed": recipe.seed, "rank": dist.rank, "world_size": dist.world_size, "device": device}
     images, labels, info = load_tensors(data, "train", **split_options)
@@ -71,11 +69,6 @@ def _tensor_loaders(data, info, mean, recipe, dist, device, split_options):
 
 def _file_loaders(data, info, mean, recipe, dist, device, split_options):
     """Image files decoded and augmented per image in DataLoader workers."""
-    from resnet.data import get_dataset
-    from resnet.data.datasets import held_out_splits
-    from resnet.data.sampling import balanced_subset
-    from resnet.data.transforms import test_transform, train_transform
-
     per_process = recipe.batch_size // dist.world_size
     workers = {"num_workers": recipe.num_workers, "device": device, "seed": recipe.seed, "rank": dist.rank,
                "world_size": dist.world_size}
@@ -94,7 +87,7 @@ def _file_loaders(data, info, mean, recipe, dist, device, split_options):
 
 def make_model(model_name: str, info, mean: torch.Tensor, options: dict) -> nn.Module:
     options = {"num_classes": info.num_classes, "in_channels": info.channels, **options}
-    model = create_model(model_name, **options)
+    model = build_model(model_name, **options)
     model.meta = {"classes": list(info.classes), "class_names": list(info.class_names), "dataset": info.name,
                   "image_size": info.image_size, "style": info.style}
     model.input_mean = mean
@@ -247,11 +240,6 @@ class ClassificationTask:
     def write_final(self, run_dir: Path) -> None:
         """After the final evaluation: per_class.json (each held-out split's per-class error, precision, recall and
         confusion matrix) and confusion.png (the test split's, else val's) in the run directory."""
-        from resnet import strictjson
-        from resnet.atomic import atomic_write_text
-        from resnet.evaluate.confusion import plot_confusion
-        from resnet.evaluate.metrics import per_class
-
         if not getattr(self, "final_confusion", None):
             return
         names = [str(c) for c in self.info.classes]

@@ -25,6 +25,7 @@ from resnet.atomic import atomic_write_text
 from resnet.checkpoint import (check_finite, last_checkpoint, load_state_dict_checked, load_weights, model_meta,
                                prune_checkpoints, save_training_checkpoint)
 from resnet.faults import fault_point
+from resnet.provenance import provenance
 from resnet.train import distributed, rundir, tensorboard
 from resnet.train.curves import read_metrics
 from resnet.train.progress import Progress
@@ -159,7 +160,8 @@ class Trainer:
             return
         rundir.claim(self.run_dir, fresh=self.fresh)  # creates a new --out (a no-op if held)
         if self.fresh:
-            atomic_write_text(self.run_dir / "config.json", json.dumps(self.config, indent=2))
+            record = {**self.config, "provenance": provenance(self.device)}  # which code, machine and command
+            atomic_write_text(self.run_dir / "config.json", json.dumps(record, indent=2))
         else:  # what a crash after the checkpoint may have left: newer folders, metrics rows past it
             prune_checkpoints(self.ckpt_dir)
             rundir.truncate_metrics(self.run_dir / "metrics.jsonl", self.state.step)

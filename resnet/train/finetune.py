@@ -15,7 +15,7 @@ from torch import nn
 
 from resnet.models import get_spec
 from resnet.train.recipes import Recipe
-from resnet.weights import Pretrained, fit, load_pretrained
+from resnet.weights import Pretrained, load_into, load_pretrained
 
 
 def read_init(model: str, init: str | Path, options: dict) -> tuple[Pretrained, dict, list[str]]:
@@ -42,7 +42,7 @@ def fit_mean(mean: torch.Tensor | None, data_mean: torch.Tensor) -> torch.Tensor
 
 def load_init(net: nn.Module, pretrained: Pretrained, data_mean: torch.Tensor) -> list[str]:
     """Load the init weights into a new run's net; returns the notes to print (classifier, channels, input)."""
-    notes = [f"init: starting from the weights {pretrained.source}"] + fit(net, pretrained)
+    notes = [f"init: starting from the weights {pretrained.source}"] + load_into(net, pretrained)
     net.input_mean = fit_mean(net.input_mean, data_mean)
     net.meta = {**(getattr(net, "meta", None) or {}), "init": pretrained.source}
     if net.input_std is not None:
