@@ -211,6 +211,9 @@ def run(args: argparse.Namespace) -> int:
                            model_options=model_options(args), progress=args.progress, overwrite=args.overwrite,
                            min_size=args.min_size, max_size=args.max_size, max_pixels=args.max_pixels)
         else:
+            given = [f"--{k.replace('_', '-')}" for k in ("min_size", "max_size", "max_pixels") if getattr(args, k)]
+            if given:
+                raise ValueError(f"{' '.join(given)}: for detection data only (--data fashion-scenes or coco)")
             train(args.model, args.data, recipe=recipe, out=args.out,
                   data_dir=args.data_dir, resume=args.resume, model_options=model_options(args),
                   download=args.download, progress=args.progress, overwrite=args.overwrite,
