@@ -7,8 +7,10 @@ Layouts (`coco_split_files`), under one folder:
 Any other pair of files: `CocoDetection(annotation_file, image_folder)`.
 
 pycocotools indexes the json (and turns polygons or RLE into masks). Annotations are checked once, when
-the dataset is made: a malformed json, an annotation of an unknown image or category, or a missing image
-file is one line naming the file and the entry (ValueError / FileNotFoundError; the CLI exits with 2).
+the dataset is made: a malformed json, an annotation of an unknown image or category is one line naming the
+file and the entry; then datacheck.py checks every image entry against its file's header (and ids, names,
+segmentations) and names every bad entry in one line (ValueError / FileNotFoundError; the CLI exits with 2).
+Images are read in one channel count for all splits (RGB unless every image is grayscale).
 Boxes partly outside their image are clipped to it; boxes empty or degenerate after that (no area, not
 finite) are dropped; both are counted in one warning. Crowd regions (iscrowd=1) are left out of the
 training targets (COCOeval still reads them); images without objects stay, as negatives.
