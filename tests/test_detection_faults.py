@@ -124,6 +124,7 @@ def test_duplicate_image_id_in_val_names_both_entries(tmp_path):
     assert "val.json: image id 1 is given 2 times: images[0] ('1.png') and images[3] ('4.png')" in line
 
 
+@pytest.mark.slow  # two runs (a training and a resume): about 55 s on 2 loaded cores
 def test_bad_file_on_resume_keeps_the_last_checkpoint(tmp_path):
     from resnet.detection.train import train_detector
     from resnet.train.loop import Interrupted
