@@ -1,6 +1,8 @@
-"""The fault pass of issue 22, re-run after its fixes: every case the issue names, each one a real
-`python -m resnet` (or torchrun) subprocess on small data this script writes into a temporary folder (offline;
-Fashion-MNIST from Debian's /usr/share/datasets/fashion-mnist only where a case needs the real files).
+"""The fault pass of issue 22, re-run after its fixes, with the detection-data and recipe cases of issue 37 (det-*,
+recipe-*: a user's own COCO folders, written by tests/test_detection_faults.py's writer): every case the issues
+name, each one a real `python -m resnet` (or torchrun) subprocess on small data this script writes into a
+temporary folder (offline; Fashion-MNIST from Debian's /usr/share/datasets/fashion-mnist only where a case needs
+the real files).
 
 Each case has the class the issue reports for it before the fixes (`before`; where the issue says only
 "accepted silently", silent wrong result) and the class measured here (`after`), one of
@@ -40,6 +42,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -729,6 +732,148 @@ def damaged_gz(kind: str) -> Callable[[Workspace], Outcome]:
     return case
 
 
+# ---- detection on a user's own COCO data (issue 37) -------------------------------------------------------------
+
+
+DET_TIMEOUT = 180  # a 2-iteration detector run takes 20-60 s on 2 loaded cores; a hang never ends
+DET_TRAIN = ["--model", "resnet20", "--base-width", "4", "--head", "c4", "--recipe", "detection-cpu", "--iters", "2",
+             "--batch-size", "2", "--data", "coco", "--num-workers", "2", "--no-progress"]
+
+
+def coco_data(ws: Workspace, name: str, **options) -> tuple[Path, dict, dict]:
+    """A fresh COCO folder of 48x40 noise PNGs (the tests' writer): (folder, train json, val json)."""
+    from test_detection_faults import write_split
+
+    root = ws.fresh(name)
+    return root, write_split(root, "train", **options), write_split(root, "val", **options)
+
+
+def det_train(ws: Workspace, root: Path, *extra: str, out: str = "det-run") -> Outcome:
+    return resnet(ws, "train", *DET_TRAIN, "--data-dir", str(root), "--out", str(ws.fresh(out)), *extra,
+                  timeout=DET_TIMEOUT)
+
+
+def det_json(root: Path, split: str, data: dict) -> None:
+    (root / f"{split}.json").write_text(json.dumps(data))
+
+
+def det_damaged(change: Callable[[Path, dict, dict], None], *words: str, masks: bool = False,
+                **options) -> Callable[[Workspace], Outcome]:
+    """Train on a COCO folder that CHANGE damages; one error line naming WORDS, exit 2."""
+    def case(ws: Workspace) -> Outcome:
+        root, train, val = coco_data(ws, "coco-bad", **options)
+        change(root, train, val)
+        return clean_error(det_train(ws, root, *(["--masks"] if masks else [])), *words)
+
+    return case
+
+
+def det_truncate(suffix: str) -> Callable[[Path, dict, dict], None]:
+    def change(root: Path, train: dict, val: dict) -> None:
+        from test_detection_faults import truncate
+
+        truncate(root / "train" / f"2{suffix}")
+    return change
+
+
+def det_edit(split: str, edit: Callable[[dict], None]) -> Callable[[Path, dict, dict], None]:
+    def change(root: Path, train: dict, val: dict) -> None:
+        data = train if split == "train" else val
+        edit(data)
+        det_json(root, split, data)
+    return change
+
+
+def duplicate_image_id(data: dict) -> None:
+    data["images"][3]["id"] = 1
+    data["annotations"][3]["image_id"] = 1
+
+
+def bomb(root: Path, train: dict, val: dict) -> None:
+    from test_detection_faults import png_claiming
+
+    png_claiming(root / "train" / "2.png", 20000, 20000)
+    train["images"][1].update(width=20000, height=20000)
+    det_json(root, "train", train)
+
+
+def det_mixed_channels(ws: Workspace) -> Outcome:
+    from PIL import Image
+
+    root, _, _ = coco_data(ws, "coco-mixed")
+    Image.new("L", (48, 40), 90).save(root / "train" / "1.png")
+    Image.fromarray(np.full((40, 48), 30000, np.uint16)).save(root / "train" / "2.png")
+    Image.new("RGBA", (48, 40), (1, 2, 3, 100)).save(root / "train" / "3.png")
+    return works(det_train(ws, root), "read as RGB", "done:")
+
+
+@functools.lru_cache(maxsize=None)
+def det_ids_run(ws: Workspace) -> Path:
+    """A detector trained 2 iterations on categories 5/17/90 (the last named toothbrush)."""
+    root, _, _ = coco_data(ws, "coco-ids", categories=((5, "a"), (17, "b"), (90, "toothbrush")))
+    done = det_train(ws, root, out="det-ids")
+    if done.rc != 0:
+        raise SetupFailed(f"the detector run failed (exit {done.rc}): {tail(done)}")
+    return ws.root / "det-ids"
+
+
+def det_predict_ids(ws: Workspace) -> Outcome:
+    run = det_ids_run(ws)
+    o = resnet(ws, "predict", str(ws.root / "coco-ids" / "val" / "1.png"), "--checkpoint", str(run), "--json",
+               "--score-threshold", "0")
+    works(o, '"category_id": 90')
+    try:
+        ids = {d.get("category_id") for r in json.loads(o.out) for d in r["detections"]}
+    except (ValueError, KeyError, TypeError):
+        ids = set()
+    return o.expect(ids and ids <= {5, 17, 90}, f"category ids are the json's 5/17/90 (got {sorted(map(str, ids))})")
+
+
+def det_draw_file(ws: Workspace) -> Outcome:
+    run = det_ids_run(ws)
+    (ws.root / "taken").write_text("x")
+    o = resnet(ws, "predict", str(ws.root / "coco-ids" / "val" / "1.png"), "--checkpoint", str(run), "--draw",
+               str(ws.root / "taken"))
+    return clean_error(o, "--draw", "give a folder")
+
+
+def det_small_images(ws: Workspace) -> Outcome:
+    root, _, _ = coco_data(ws, "coco-small")
+    return works(det_train(ws, root), "detector input: shorter side 40 px")
+
+
+def det_backbone_nan(ws: Workspace) -> Outcome:
+    root, _, _ = coco_data(ws, "coco-nan")
+    weights = nan_weights(ws)
+    return clean_error(det_train(ws, root, "--backbone-weights", str(weights)), "NaN or infinite")
+
+
+def det_scenes_corrupt(ws: Workspace) -> Outcome:
+    folder = ws.fresh("scenes")
+    argv = ["data", "fashion-scenes", "--out", str(folder), "--train", "8", "--val", "4", "--size", "64"]
+    made = resnet(ws, *argv)
+    if made.rc != 0:
+        raise SetupFailed(f"fashion-scenes could not be made (exit {made.rc}): {tail(made)}")
+    (folder / "train.json").write_text("{not json")
+    o = works(resnet(ws, *argv), "rebuilt")
+    try:
+        images = len(json.loads((folder / "train.json").read_text())["images"])
+    except (ValueError, KeyError, TypeError):
+        images = 0
+    return o.expect(images == 8, f"train.json made again with its 8 images (has {images})")
+
+
+def recipe_does_nothing(option: str, value: str, *more: str) -> Callable[[Workspace], Outcome]:
+    def case(ws: Workspace) -> Outcome:
+        out = ws.fresh("does-nothing")
+        o = resnet(ws, "train", "--data", "fashion-mnist", "--data-dir", str(ws.fashion), *TINY_TRAIN, option, value,
+                   *more, "--out", str(out))
+        return clean_error(o, option)
+
+    return case
+
+
+
 # ---- the table ---------------------------------------------------------------------------------------------------
 
 
@@ -740,6 +885,68 @@ class Case:
     goal: str  # the class the case must end in now
     run: Callable[[Workspace], Outcome] = field(repr=False, compare=False)
     issue: str = ""  # what the issue says of it, where the class needs the words
+
+
+DET_HANG = "the worker's traceback as one 'error' line, then the process never exits (only a kill ends it)"
+DET_CASES = [
+    Case("det-truncated-png", "train --data coco, a truncated PNG (header intact)", "hang", "clean error",
+         det_damaged(det_truncate(".png"), "train.json", "image id 2 ('2.png')"), DET_HANG),
+    Case("det-truncated-jpeg", "train --data coco, a truncated JPEG", "hang", "clean error",
+         det_damaged(det_truncate(".jpg"), "train.json", "image id 2 ('2.jpg')", suffix=".jpg"), DET_HANG),
+    Case("det-size-mismatch", "train --data coco, json width/height not the file's", "hang", "clean error",
+         det_damaged(det_edit("train", lambda d: d["images"][2].update(width=64)), "image id 3", "64x40"), DET_HANG),
+    Case("det-segmentation-empty", "train --masks, an annotation with segmentation []", "hang", "clean error",
+         det_damaged(det_edit("train", lambda d: d["annotations"][1].update(segmentation=[])), "annotations[1]",
+                     masks=True), DET_HANG),
+    Case("det-masks-no-segmentation", "train --masks on a json without segmentations", "hang", "clean error",
+         det_damaged(det_edit("train", lambda d: [a.pop("segmentation") for a in d["annotations"]]),
+                     "no annotation has a segmentation", masks=True), DET_HANG),
+    Case("det-val-duplicate-id", "train --data coco, val.json repeats an image id", "hang", "clean error",
+         det_damaged(det_edit("val", duplicate_image_id), "val.json", "images[0]", "images[3]"),
+         "prints done: and then hangs"),
+    Case("det-mixed-channels", "train --data coco, grayscale + 16-bit + RGBA among RGB", "traceback", "works",
+         det_mixed_channels, "expected input ... to have 1 channels"),
+    Case("det-bomb", "train --data coco, a 20000x20000 PNG", "traceback", "clean error",
+         det_damaged(bomb, "train/2.png", "--max-pixels"), "internal error (a bug in resnet)"),
+    Case("det-val-no-annotations", "train --data coco, val.json with no annotations", "traceback", "clean error",
+         det_damaged(det_edit("val", lambda d: d.update(annotations=[])), "val.json", "no objects"),
+         "TypeError ... 'int' and 'NoneType' at evaluation"),
+    Case("det-train-no-annotations", "train --data coco, train.json without 'annotations'", "silent wrong result",
+         "clean error", det_damaged(det_edit("train", lambda d: d.pop("annotations")), "train.json", "no objects"),
+         "trains silently as all negatives"),
+    Case("det-train-duplicate-id", "train --data coco, train.json repeats an image id", "silent wrong result",
+         "clean error", det_damaged(det_edit("train", duplicate_image_id), "images[0]", "images[3]"),
+         "the second file gets the first file's boxes"),
+    Case("det-dup-category-names", "train --data coco, two categories named 'a'", "silent wrong result",
+         "clean error", det_damaged(lambda root, t, v: [det_edit(s, lambda d: d["categories"][1].update(name="a"))(
+             root, t, v) for s in ("train", "val")], "category name 'a'"), "accepted, print as one name"),
+    Case("det-file-name-absolute", "train --data coco, file_name /etc/hostname", "silent wrong result",
+         "clean error", det_damaged(det_edit("train", lambda d: d["images"][0].update(file_name="/etc/hostname")),
+                                    "/etc/hostname", "absolute"), "opens /etc/hostname"),
+    Case("det-file-name-dotdot", "train --data coco, file_name ../val/1.png", "silent wrong result",
+         "clean error", det_damaged(det_edit("train", lambda d: d["images"][0].update(file_name="../val/1.png")),
+                                    "../val/1.png", "climbs out"), "reads outside the dataset folder"),
+    Case("det-empty-categories", "train --data coco, 'categories': []", "clean error", "clean error",
+         det_damaged(lambda root, t, v: [det_edit(s, lambda d: d.update(categories=[], annotations=[]))(root, t, v)
+                                          for s in ("train", "val")], "train.json", "no categories"),
+         "the error does not name the json"),
+    Case("det-predict-category-ids", "predict --json, a detector trained on category ids 5/17/90",
+         "silent wrong result", "works", det_predict_ids, "reports the contiguous label (3 for 90)"),
+    Case("det-predict-draw-file", "predict --draw FILE (an existing file)", "clean error", "clean error",
+         det_draw_file, "says 'File exists'"),
+    Case("det-small-images", "train --data coco on 48x40 images: the detector's input size", "silent wrong result",
+         "works", det_small_images, "upscaled to torchvision's 800 px"),
+    Case("det-backbone-nan", "train --data coco --backbone-weights WEIGHTS holding a NaN", "silent wrong result",
+         "clean error", det_backbone_nan, "trains, then diverges (exit 1)"),
+    Case("det-scenes-corrupt-json", "resnet data fashion-scenes with a corrupt train.json", "silent wrong result",
+         "works", det_scenes_corrupt, "calls the folder 'present' (exit 0)"),
+    Case("recipe-mix-prob-alone", "train --mix-prob 0.5 without --mixup-alpha/--cutmix-alpha",
+         "silent wrong result", "clean error", recipe_does_nothing("--mix-prob", "0.5"), "accepted silently"),
+    Case("recipe-low-res-size-28", "train --low-res-size 28 on 28 px images", "silent wrong result", "clean error",
+         recipe_does_nothing("--low-res-size", "28"), "accepted silently"),
+    Case("recipe-crop-pad-28", "train --crop-pad 28 on 28 px images", "silent wrong result", "clean error",
+         recipe_does_nothing("--crop-pad", "28"), "accepted silently"),
+]
 
 
 GZ_NOTE = "says 'present' (exit 0) for corrupt, truncated or empty .gz files ... shadows an intact Debian copy"
@@ -832,6 +1039,7 @@ CASES = [
          "clean error", torchrun_lost_rank, "a Gloo traceback and 'internal error'"),
     *[Case(f"data-gz-{kind}", f"resnet data fashion-mnist, a copy in $RESNET_DATA with one {kind} .gz",
            "silent wrong result", "works", damaged_gz(kind), GZ_NOTE) for kind in ("corrupt", "truncated", "empty")],
+    *DET_CASES,
 ]
 
 

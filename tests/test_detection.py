@@ -178,14 +178,14 @@ def test_predict_command(saved_detector, tmp_path, capsys):
     results = json.loads(capsys.readouterr().out)
     detections = results[0]["detections"]
     assert detections and {d["class"] for d in detections} <= {"cat", "dog"}
-    assert set(detections[0]) == {"box", "label", "class", "score", "mask"}
+    assert set(detections[0]) == {"box", "category_id", "class", "score", "mask"}
     assert detections[0]["mask"]["size"] == [64, 80]
     assert json.loads(out.read_text()) == results
     from PIL import Image
 
     assert Image.open(draw / "scene.png").size == (80, 64)
     assert main(["predict", str(image), "--checkpoint", str(path), "--out", str(tmp_path / "p.csv")]) == 0
-    assert (tmp_path / "p.csv").read_text().startswith("image,rank,label,class,score,x1,y1,x2,y2,mask_rle")
+    assert (tmp_path / "p.csv").read_text().startswith("image,rank,category_id,class,score,x1,y1,x2,y2,mask_rle")
 
 
 def test_export_command_checks_onnxruntime(saved_detector, tmp_path, capsys):

@@ -166,7 +166,7 @@ def test_scenes_loader_resumes_exactly_and_augments(scenes):
     train, evals, info = build_detection_data("fashion-scenes", scenes, batch_size=3, seed=5, masks=True,
                                               num_workers=0)
     assert info.detector_options() == {"num_classes": 11, "class_names": info.class_names, "in_channels": 1,
-                                       "min_size": 64, "max_size": 64}
+                                       "min_size": 64, "max_size": 64, "category_ids": list(range(1, 11))}
     assert len(train) == 4 and len(evals["val"]) == 2
     train.set_epoch(1)
     epoch = list(train)

@@ -47,6 +47,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="draw the confusion matrix with the class names (the ensemble's for several checkpoints)")
     p.add_argument("--download", action="store_true", help="download the dataset if it is missing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--min-size", type=int, metavar="PX",
+                   help="detector checkpoints: scale images so their shorter side is PX (default: the checkpoint's)")
+    p.add_argument("--max-size", type=int, metavar="PX",
+                   help="detector checkpoints: ... and their longer side at most PX (default: the checkpoint's)")
+    p.add_argument("--max-pixels", type=int, metavar="N",
+                   help="detector checkpoints: refuse images with more pixels than this (default: 64 million)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
     from resnet.evaluate.runner import evaluate_checkpoints, format_results
     from resnet.inference import load_network
 
+    given = [f"--{k.replace('_', '-')}" for k in ("min_size", "max_size", "max_pixels") if getattr(args, k, None)]
+    if given:
+        raise ValueError(f"{' '.join(given)}: for detector checkpoints only")
     if args.scales and args.protocol != "multiscale":
         raise ValueError("--scales applies to --protocol multiscale only")
     if args.tta != "none":

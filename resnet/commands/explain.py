@@ -24,7 +24,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # imported here, not at the top: `resnet explain --help` stays fast
-    # imported here, not at the top: `resnet explain --help` stays fast
     from resnet import strictjson
     from resnet.device import resolve_device
     from resnet.inference import is_onnx, load_classifier

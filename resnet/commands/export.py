@@ -71,7 +71,6 @@ def run(args: argparse.Namespace) -> int:
 def _export_int8(args: argparse.Namespace, model, meta: dict, size: int, opset: int) -> int:
     """`--int8`: quantise, check against fp32 on the held-out split, write (resnet/inference/quantize.py)."""
     # imported here, not at the top: `resnet export --help` stays fast
-    # imported here, not at the top: `resnet export --help` stays fast
     from resnet import strictjson
     from resnet.evaluate.runner import run_config
     from resnet.inference.quantize import export_int8

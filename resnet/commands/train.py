@@ -130,6 +130,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                 "name, a torchvision/timm file); BN is then frozen")
     detection.add_argument("--trainable-stages", type=int, metavar="N",
                            help="with --backbone-weights: how many of the last stages train (default: all but one)")
+    detection.add_argument("--min-size", type=int, metavar="PX",
+                           help="the detector's input: images scaled so their shorter side is PX (default: from the "
+                                "data: small images keep their scale, photographs 800 as torchvision's)")
+    detection.add_argument("--max-size", type=int, metavar="PX",
+                           help="... and their longer side at most PX (default: from the data, 1333 for photographs)")
+    detection.add_argument("--max-pixels", type=int, metavar="N",
+                           help="refuse images with more pixels than this (default: 64 million)")
     add_recipe_overrides(p)
 
 
@@ -202,8 +209,12 @@ def run(args: argparse.Namespace) -> int:
             train_detector(args.model, args.data, head=args.head, masks=args.masks,
                            trainable_stages=args.trainable_stages, backbone_weights=args.backbone_weights,
                            recipe=recipe, out=args.out, data_dir=args.data_dir, resume=args.resume,
-                           model_options=model_options(args), progress=args.progress, overwrite=args.overwrite)
+                           model_options=model_options(args), progress=args.progress, overwrite=args.overwrite,
+                           min_size=args.min_size, max_size=args.max_size, max_pixels=args.max_pixels)
         else:
+            given = [f"--{k.replace('_', '-')}" for k in ("min_size", "max_size", "max_pixels") if getattr(args, k)]
+            if given:
+                raise ValueError(f"{' '.join(given)}: for detection data only (--data fashion-scenes or coco)")
             train(args.model, args.data, recipe=recipe, out=args.out,
                   data_dir=args.data_dir, resume=args.resume, model_options=model_options(args),
                   download=args.download, progress=args.progress, overwrite=args.overwrite,

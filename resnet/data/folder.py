@@ -60,17 +60,20 @@ def to_mode(image: Image.Image, mode: str = "RGB") -> Image.Image:
     return image.convert(mode)
 
 
-def open_checked(path: str | Path, min_side: int | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def open_checked(path: str | Path, min_side: int | None = None, max_pixels: int = MAX_PIXELS,
+                 option: str = "predict --max-pixels") -> Image.Image:
     """Open an image lazily (header only), set JPEG draft for min_side, and refuse it above max_pixels.
 
-    Raises ValueError naming the file: not an image, a decompression bomb, or too many pixels.
+    Raises ValueError naming the file: not an image, a decompression bomb, or too many pixels (the message names
+    `option`, the setting that raises the limit).
     """
     try:
         image = Image.open(path)
         if min_side and min(image.size) > 2 * min_side:
             image.draft("RGB", draft_box(image.size, min_side))
     except Image.DecompressionBombError as error:
-        raise ValueError(f"{path}: refused as a possible decompression bomb ({error})") from None
+        raise ValueError(f"{path}: refused as a possible decompression bomb ({error}; {option} "
+                         f"{max_pixels:,})") from None
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such image file") from None
     except DECODE_ERRORS as error:
@@ -80,7 +83,7 @@ def open_checked(path: str | Path, min_side: int | None = None, max_pixels: int 
     if w * h > max_pixels:
         image.close()
         raise ValueError(f"{path}: {w}x{h} is {w * h:,} pixels, above the limit of {max_pixels:,} "
-                         f"(predict --max-pixels)")
+                         f"({option})")
     return image
 
 

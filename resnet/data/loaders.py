@@ -11,8 +11,11 @@ Both have `set_epoch(epoch, start_batch=0)` and `len()` in batches per process.
 
 from __future__ import annotations
 
+import atexit
 import os
+import re
 import signal
+import weakref
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -170,6 +173,7 @@ class ResumableLoader:
         # Each iterator draws its workers' base seed from `generator`; from torch's global RNG, a resume (a new
         # iterator mid-epoch) would shift the global stream that training draws from (mixup, RoI sampling).
         self.batch_size, self.train = batch_size, train
+        _OPEN.add(self)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.sampler.set_epoch(epoch, start_batch)
@@ -180,7 +184,52 @@ class ResumableLoader:
         return n // self.batch_size if self.train else -(-n // self.batch_size)
 
     def __iter__(self):
-        return iter(self.loader)
+        """The loader's batches; a worker's error stops the workers and is re-raised as its own one line."""
+        try:
+            yield from self.loader
+        except Exception as error:
+            self.close()
+            raise worker_error(error) from None
+
+    def close(self) -> None:
+        """Stop the persistent workers now (they ignore SIGTERM, see `ignore_stop_signals`, so nothing else would:
+        multiprocessing's exit handler would wait on them forever). The next iteration starts new ones."""
+        iterator, self.loader._iterator = getattr(self.loader, "_iterator", None), None
+        workers = list(getattr(iterator, "_workers", []))
+        if hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()  # asks each worker to leave, joins it for up to 5 s
+        for worker in workers:
+            if worker.is_alive():  # stuck, or Python is exiting (torch's shutdown is then a no-op)
+                worker.kill()
+                worker.join(timeout=5)
+
+
+_OPEN: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register  # registered after torch's and multiprocessing's exit handlers, so it runs before them
+def _close_open_loaders() -> None:
+    for loader in list(_OPEN):
+        loader.close()
+
+
+WORKER_ERROR = re.compile(r"^Caught (\w+) in DataLoader worker process \d+\.\nOriginal Traceback")
+
+
+def worker_error(error: Exception) -> Exception:
+    """A bad-input error (ValueError, OSError) raised in a loader worker as the worker's own message (torch
+    re-raises it with the worker's whole traceback in the message); any other error as it is."""
+    match = WORKER_ERROR.match(str(error))
+    if not match or not isinstance(error, (ValueError, OSError)):
+        return error
+    name = match.group(1)
+    lines = [line for line in str(error).splitlines() if line.startswith(f"{name}: ")]
+    if not lines:
+        return error
+    try:
+        return type(error)(lines[-1][len(name) + 2:])
+    except Exception:  # noqa: BLE001 - an exception type that takes other arguments: keep torch's
+        return error
 
 
 def ignore_stop_signals(worker_id: int) -> None:

@@ -7,6 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from resnet.data.folder import MAX_PIXELS
+
 
 def predict(args: argparse.Namespace) -> int:
     """Detections of each image: text or --json on stdout, --out FILE.json/.csv, --draw DIR."""
@@ -17,8 +19,10 @@ def predict(args: argparse.Namespace) -> int:
     threshold = getattr(args, "score_threshold", 0.5)
     if not 0 <= threshold <= 1:
         raise ValueError(f"--score-threshold {threshold}: give a value in 0..1")
-    model = load_detector(args.checkpoint[0] if isinstance(args.checkpoint, list) else args.checkpoint, args.device)
     draw = getattr(args, "draw", None)
+    if draw is not None and Path(draw).exists() and not Path(draw).is_dir():
+        raise ValueError(f"--draw {draw}: is a file; give a folder (each image is drawn into it as NAME.png)")
+    model = load_detector(args.checkpoint[0] if isinstance(args.checkpoint, list) else args.checkpoint, args.device)
     results = predict_detections(model, args.images, device=args.device, score_threshold=threshold,
                                  max_pixels=args.max_pixels, keep_masks=draw is not None)
     print(strictjson.dumps(public(results), indent=2) if args.json else format_detections(results))
@@ -43,8 +47,11 @@ def evaluate(args: argparse.Namespace) -> int:
         raise ValueError("--checkpoint: detectors are evaluated one at a time (no ensembles)")
     split = "val" if args.split == "test" else args.split  # COCO-format data has train and val
     model = load_detector(args.checkpoint[0], args.device)
+    set_input_size(model, getattr(args, "min_size", None), getattr(args, "max_size", None))
     datasets, _ = detection_datasets(args.data, args.data_dir, masks=model.roi_heads.has_mask(), augment=False,
-                                     splits=(split,))
+                                     splits=(split,), max_pixels=getattr(args, "max_pixels", None) or MAX_PIXELS)
+    print(f"detector input: shorter side {model.transform.min_size[0]} px, longer side at most "
+          f"{model.transform.max_size} px")
     metrics = evaluate_detector(model, datasets[split], device=args.device, batch_size=args.batch_size,
                                 progress=not args.no_progress, limit=args.limit)
     result = {"checkpoint": args.checkpoint[0], "data": args.data, "split": split, **metrics}
@@ -53,6 +60,20 @@ def evaluate(args: argparse.Namespace) -> int:
         strictjson.write(args.json, result)
         print(f"wrote {args.json}")
     return 0
+
+
+def set_input_size(model, min_size: int | None, max_size: int | None) -> None:
+    """Override the scale the checkpoint's transform resizes images to (GeneralizedRCNNTransform)."""
+    for name, value in (("--min-size", min_size), ("--max-size", max_size)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} {value}: give a positive number of pixels")
+    if min_size is not None:
+        model.transform.min_size = (min_size,)
+    if max_size is not None:
+        model.transform.max_size = max_size
+    if model.transform.max_size < model.transform.min_size[0]:
+        raise ValueError(f"--max-size {model.transform.max_size} is smaller than --min-size "
+                         f"{model.transform.min_size[0]}")
 
 
 def export(args: argparse.Namespace) -> int:

@@ -7,8 +7,10 @@ Layouts (`coco_split_files`), under one folder:
 Any other pair of files: `CocoDetection(annotation_file, image_folder)`.
 
 pycocotools indexes the json (and turns polygons or RLE into masks). Annotations are checked once, when
-the dataset is made: a malformed json, an annotation of an unknown image or category, or a missing image
-file is one line naming the file and the entry (ValueError / FileNotFoundError; the CLI exits with 2).
+the dataset is made: a malformed json, an annotation of an unknown image or category is one line naming the
+file and the entry; then datacheck.py checks every image entry against its file's header (and ids, names,
+segmentations) and names every bad entry in one line (ValueError / FileNotFoundError; the CLI exits with 2).
+Images are read in one channel count for all splits (RGB unless every image is grayscale).
 Boxes partly outside their image are clipped to it; boxes empty or degenerate after that (no area, not
 finite) are dropped; both are counted in one warning. Crowd regions (iscrowd=1) are left out of the
 training targets (COCOeval still reads them); images without objects stay, as negatives.
@@ -35,6 +37,10 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
+
+from resnet.data.folder import MAX_PIXELS
+from resnet.detection.datacheck import SplitFacts, check_split, default_sizes
+from resnet.errors import one_line
 
 SPLITS = ("train", "val")
 SCALE_RANGE = (0.8, 1.25)
@@ -118,25 +124,29 @@ class CocoDetection(Dataset):
     """One split of a COCO-format dataset: (image, target) samples; `coco` is pycocotools' index of it."""
 
     def __init__(self, annotation_file: str | Path, image_folder: str | Path, *, masks: bool = False,
-                 transforms=None, channels: int | None = None) -> None:
+                 transforms=None, channels: int | None = None, max_pixels: int = MAX_PIXELS) -> None:
         self.annotation_file, self.image_folder = Path(annotation_file), Path(image_folder)
         data = read_json(self.annotation_file)
         data.setdefault("annotations", [])
         data.setdefault("categories", [])
         check_coco(data, self.annotation_file)
+        self.facts = check_split(data, self.annotation_file, self.image_folder, masks=masks, max_pixels=max_pixels)
         self.coco = _coco_index(data)
-        self.images = sorted(data.get("images", []), key=lambda image: image["id"])
+        order = sorted(range(len(data["images"])), key=lambda i: data["images"][i]["id"])
+        self.images = [data["images"][i] for i in order]
+        self.facts = SplitFacts([self.facts.sizes[i] for i in order], [self.facts.grayscale[i] for i in order])
         self.category_ids = sorted(c["id"] for c in data["categories"])
+        if not self.category_ids:
+            raise ValueError(f"{self.annotation_file}: no categories: a COCO json lists its object classes in "
+                             f"'categories' ([{{\"id\": 1, \"name\": \"cat\"}}, ...])")
         self.class_names = [self.coco.cats[c]["name"] for c in self.category_ids]
-        self.masks, self.transforms, self.channels = masks, transforms, channels
-        self._check_files()
+        self.masks, self.transforms, self.channels, self.max_pixels = masks, transforms, channels, max_pixels
         self.targets = self._targets()
 
-    def _check_files(self) -> None:
-        for i, image in enumerate(self.images):
-            if not (self.image_folder / image["file_name"]).is_file():
-                raise FileNotFoundError(f"{self.annotation_file}: image id {image['id']} ({image['file_name']!r}): "
-                                        f"no such file {self.image_folder / image['file_name']}")
+    @property
+    def objects(self) -> int:
+        """Objects the targets hold (boxes kept after clipping, crowd regions left out)."""
+        return sum(len(t["boxes"]) for t in self.targets)
 
     def _targets(self) -> list[dict]:
         """Per image: clipped boxes, labels and the annotations they came from; one warning for all dropped/clipped."""
@@ -171,20 +181,23 @@ class CocoDetection(Dataset):
         return len(self.category_ids) + 1
 
     def image_channels(self) -> int:
-        """The channels samples have: `channels`, else 1 if the first image is grayscale, else 3."""
+        """The channels samples have: `channels`, else 1 if every image is grayscale, else 3 (RGB: grayscale,
+        16-bit, palette and RGBA images are converted, as the classification folders do)."""
         if self.channels is not None:
             return self.channels
-        from PIL import Image
-
-        if not self.images:
-            return 3
-        with Image.open(self.image_folder / self.images[0]["file_name"]) as image:
-            return 1 if image.mode in ("L", "I", "I;16", "1") else 3
+        return 1 if self.facts.grayscale and all(self.facts.grayscale) else 3
 
     def read_image(self, index: int) -> torch.Tensor:
+        """The image of entry `index` as uint8 [C,H,W]; a file that does not decode is one line naming it and its
+        json entry (raised in a loader worker, it ends the run with that line: resnet.data.loaders)."""
         from resnet.predict import read_image
 
-        return read_image(self.image_folder / self.images[index]["file_name"], self.image_channels())
+        info = self.images[index]
+        try:
+            return read_image(self.image_folder / info["file_name"], self.image_channels(), max_pixels=self.max_pixels)
+        except (ValueError, OSError) as error:
+            raise ValueError(f"{self.annotation_file}: image id {info['id']} ({info['file_name']!r}): "
+                             f"{one_line(error)}") from None
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
         info, raw = self.images[index], self.targets[index]
@@ -248,16 +261,21 @@ class DetectionDataInfo:
     channels: int
     image_size: int | None = None  # the canvas side when every image has it (fashion-scenes)
     sizes: dict[str, int] = field(default_factory=dict)  # images per split
+    category_ids: list[int] = field(default_factory=list)  # the json's id of each class, in label order
+    min_size: int | None = None  # the detector's input scale chosen from the data (`default_sizes`)
+    max_size: int | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names) + 1
 
     def detector_options(self) -> dict:
-        """num_classes, class_names and in_channels for create_detector; min/max size when images have one size."""
+        """num_classes, class_names, category_ids and in_channels for create_detector; min/max size from the data."""
         options = {"num_classes": self.num_classes, "class_names": list(self.class_names), "in_channels": self.channels}
-        if self.image_size is not None:
-            options.update(min_size=self.image_size, max_size=self.image_size)
+        if self.category_ids:
+            options["category_ids"] = list(self.category_ids)
+        if self.min_size is not None:
+            options.update(min_size=self.min_size, max_size=self.max_size)
         return options
 
 
@@ -282,8 +300,11 @@ DATASETS = ("fashion-scenes", "coco")
 
 def detection_datasets(data: str, data_dir: str | Path | None = None, *, masks: bool = False,
                        augment: bool = True, scale_range: tuple[float, float] | None = SCALE_RANGE,
-                       splits: tuple[str, ...] = SPLITS) -> tuple[dict[str, CocoDetection], DetectionDataInfo]:
-    """The splits of a COCO-format dataset ("fashion-scenes", or "coco" for any folder in either layout)."""
+                       splits: tuple[str, ...] = SPLITS,
+                       max_pixels: int = MAX_PIXELS) -> tuple[dict[str, CocoDetection], DetectionDataInfo]:
+    """The splits of a COCO-format dataset ("fashion-scenes", or "coco" for any folder in either layout), each
+    checked when opened (datacheck.py), read in one channel count, with the detector's input size chosen from
+    the images' sizes; a training split without objects, or a validation split without objects, is refused."""
     if data not in DATASETS:
         raise ValueError(f"unknown detection dataset {data!r}; known: {', '.join(DATASETS)} (coco: any COCO-format "
                          f"folder given as data_dir)")
@@ -292,22 +313,53 @@ def detection_datasets(data: str, data_dir: str | Path | None = None, *, masks: 
     for split in splits:
         annotations, images = coco_split_files(root, split)
         transforms = train_transforms(scale_range) if split == "train" and augment else None
-        datasets[split] = CocoDetection(annotations, images, masks=masks, transforms=transforms)
+        datasets[split] = CocoDetection(annotations, images, masks=masks, transforms=transforms, max_pixels=max_pixels)
     first = next(iter(datasets.values()))
     for split, dataset in datasets.items():
-        if dataset.class_names != first.class_names:
+        if dataset.class_names != first.class_names or dataset.category_ids != first.category_ids:
             raise ValueError(f"{dataset.annotation_file}: its categories differ from {first.annotation_file}'s")
-    sizes = {(image["width"], image["height"]) for d in datasets.values() for image in d.images}
+        check_objects(split, dataset)
+    channels = common_channels(list(datasets.values()))
+    all_sizes = [size for d in datasets.values() for size in d.facts.sizes]
+    sizes = set(all_sizes)
     side = next(iter(sizes))[0] if len(sizes) == 1 and len(set(next(iter(sizes)))) == 1 else None
-    info = DetectionDataInfo(data, root, first.class_names, first.image_channels(), side,
-                             {split: len(d) for split, d in datasets.items()})
+    min_size, max_size = (side, side) if side is not None else default_sizes(all_sizes)
+    info = DetectionDataInfo(data, root, first.class_names, channels, side,
+                             {split: len(d) for split, d in datasets.items()}, list(first.category_ids),
+                             min_size, max_size)
     return datasets, info
+
+
+def check_objects(split: str, dataset: CocoDetection) -> None:
+    """Refuse a split with no object to learn from or to score against; count the training images without any."""
+    if not dataset.objects:
+        use = "learn from" if split == "train" else "evaluate on (AP over no objects is undefined)"
+        raise ValueError(f"{dataset.annotation_file}: no objects to {use}: {len(dataset)} images and "
+                         f"{len(dataset.coco.dataset['annotations'])} annotations (crowd regions and empty boxes "
+                         f"do not count); add annotations to the {split} split")
+    empty = sum(not t["boxes"] for t in dataset.targets)
+    if split == "train" and empty:
+        warnings.warn(f"{dataset.annotation_file}: {empty} of {len(dataset)} training images have no objects; they "
+                      f"train as negatives (background only)", stacklevel=3)
+
+
+def common_channels(datasets: list[CocoDetection]) -> int:
+    """1 if every image of every split is grayscale, else 3; said once when some images are converted."""
+    gray = [g for d in datasets for g in d.facts.grayscale]
+    channels = 1 if gray and all(gray) else 3
+    for dataset in datasets:
+        dataset.channels = channels
+    if channels == 3 and any(gray):
+        warnings.warn(f"{datasets[0].annotation_file.parent}: {sum(gray)} of {len(gray)} images are grayscale and "
+                      f"the others colour: all are read as RGB", stacklevel=3)
+    return channels
 
 
 def build_detection_data(data: str, data_dir: str | Path | None, batch_size: int, seed: int = 0, rank: int = 0,
                          world_size: int = 1, *, masks: bool = False, augment: bool = True,
                          scale_range: tuple[float, float] | None = SCALE_RANGE, num_workers: int | None = None,
-                         device: str | torch.device = "cpu", eval_batch_size: int | None = None):
+                         device: str | torch.device = "cpu", eval_batch_size: int | None = None,
+                         max_pixels: int = MAX_PIXELS):
     """(train loader, {"val": val loader}, DetectionDataInfo) for the training engine.
 
     Loaders are resnet.data.loaders' ResumableLoader: len() in batches per process, set_epoch(epoch,
@@ -316,7 +368,8 @@ def build_detection_data(data: str, data_dir: str | Path | None, batch_size: int
     """
     from resnet.data.loaders import build_loader
 
-    datasets, info = detection_datasets(data, data_dir, masks=masks, augment=augment, scale_range=scale_range)
+    datasets, info = detection_datasets(data, data_dir, masks=masks, augment=augment, scale_range=scale_range,
+                                        max_pixels=max_pixels)
     common = {"seed": seed, "rank": rank, "world_size": world_size, "num_workers": num_workers, "device": device,
               "collate_fn": collate_detection}
     train = build_loader(datasets["train"], batch_size, train=True, **common)

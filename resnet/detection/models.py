@@ -99,6 +99,7 @@ def _backbone_net(backbone: str, net_options: dict, backbone_weights: str | Path
         return build_model(backbone, **net_options), None
 
     pretrained, merged, notes = read_init(backbone, backbone_weights, net_options)
+    check_finite(pretrained.state, f"--backbone-weights {pretrained.source}")  # as --init: NaN would diverge
     net = build_model(backbone, **merged)
     notes += [n for n in load_into(net, pretrained) if not n.startswith("fc:")]  # the classifier is not used
     for note in notes:
@@ -107,22 +108,25 @@ def _backbone_net(backbone: str, net_options: dict, backbone_weights: str | Path
 
 
 def create_detector(backbone: str, head: str = "c4", masks: bool = False, num_classes: int | None = None, *,
-                    class_names: list[str] | None = None, backbone_weights: str | Path | None = None,
-                    trainable_stages: int | None = None, frozen_bn: bool | None = None,
-                    **model_options) -> FasterRCNN:
+                    class_names: list[str] | None = None, category_ids: list[int] | None = None,
+                    backbone_weights: str | Path | None = None, trainable_stages: int | None = None,
+                    frozen_bn: bool | None = None, **model_options) -> FasterRCNN:
     """A Faster R-CNN (Mask R-CNN with `masks`) on one of our networks (any name in `resnet.list_models()`).
 
     num_classes counts the background, as torchvision's (11 for 10 object classes); it follows from
-    `class_names` (the object classes) when only those are given. `backbone_weights`: our checkpoint or run
-    directory, a `resnet weights` name, or a torchvision/timm file; with them BN is frozen (`frozen_bn`) and
-    the last `trainable_stages` stages train (default: all but the first, as torchvision's 3 of 5; without
-    weights everything trains). `model_options`: the network's (shortcut, bottleneck_stride, base_width,
-    in_channels, ...), ours (anchor_sizes, aspect_ratios, fpn_channels) and FasterRCNN/MaskRCNN's
+    `class_names` (the object classes) when only those are given; `category_ids` are the dataset's own ids of
+    the classes (label k is category_ids[k - 1]), reported by predict beside the names. `backbone_weights`: our
+    checkpoint or run directory, a `resnet weights` name, or a torchvision/timm file; with them BN is frozen
+    (`frozen_bn`) and the last `trainable_stages` stages train (default: all but the first, as torchvision's 3
+    of 5; without weights everything trains). `model_options`: the network's (shortcut, bottleneck_stride,
+    base_width, in_channels, ...), ours (anchor_sizes, aspect_ratios, fpn_channels) and FasterRCNN/MaskRCNN's
     (min_size, max_size, image_mean, image_std, box_score_thresh, ...).
     """
     if head not in HEADS:
         raise ValueError(f"invalid head={head!r}; allowed: {', '.join(map(repr, HEADS))}")
     num_classes = _num_classes(num_classes, class_names)
+    if category_ids is not None and len(category_ids) != num_classes - 1:
+        raise ValueError(f"num_classes={num_classes} needs {num_classes - 1} category ids, not {len(category_ids)}")
     net_options, detector_options, rcnn_options = split_options(model_options)
     net, source = _backbone_net(backbone, net_options, backbone_weights)
     if trainable_stages is None:
@@ -136,6 +140,7 @@ def create_detector(backbone: str, head: str = "c4", masks: bool = False, num_cl
     rcnn_options.setdefault("image_std", _per_channel(std, channels, IMAGENET_STD))
     spec = {"backbone": backbone, "head": head, "masks": bool(masks), "num_classes": num_classes,
             "class_names": list(class_names) if class_names is not None else None,
+            "category_ids": [int(c) for c in category_ids] if category_ids is not None else None,
             "net_options": dict(net.options), "detector_options": detector_options, "rcnn_options": rcnn_options,
             "trainable_stages": trainable_stages, "frozen_bn": source is not None if frozen_bn is None else bool(frozen_bn),
             "backbone_weights": source}
@@ -190,7 +195,8 @@ def build_detector(spec: dict, net: nn.Module | None = None) -> FasterRCNN:
     model.name = f"{'maskrcnn' if masks else 'fasterrcnn'}_{spec['head']}_{spec['backbone']}"
     model.options = {k: spec[k] for k in ("head", "masks", "num_classes")}
     names = spec.get("class_names") or [str(i) for i in range(1, num_classes)]
-    model.meta = {"task": "detection", "detector": spec, "class_names": names, "classes": names}
+    ids = spec.get("category_ids") or list(range(1, num_classes))  # older checkpoints: the labels themselves
+    model.meta = {"task": "detection", "detector": spec, "class_names": names, "classes": names, "category_ids": ids}
     return model
 
 

@@ -2,9 +2,11 @@
 
 Images are read upright (EXIF) in the detector's channels and given to it whole: its own transform
 (GeneralizedRCNNTransform) resizes and normalises them, and its boxes come back in the image's pixels.
-Results are JSON ({"image", "detections": [{"box": [x1, y1, x2, y2], "label", "class", "score",
-"mask": {"size", "counts"}}]}) or CSV (one row per detection); `draw` writes each image with its boxes,
-class names and scores (torchvision.utils.draw_bounding_boxes) and masks (draw_segmentation_masks).
+Results are JSON ({"image", "detections": [{"box": [x1, y1, x2, y2], "category_id", "class", "score",
+"mask": {"size", "counts"}}]}) or CSV (one row per detection); "category_id" is the training json's own id of
+the class (e.g. COCO's 90 for toothbrush, not the detector's contiguous label), so that results go to COCO tools;
+`draw` writes each image with its boxes, class names and scores (torchvision.utils.draw_bounding_boxes) and
+masks (draw_segmentation_masks).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ def predict_detections(model: nn.Module, images: Sequence[str | Path], *, device
     `keep_masks` also keeps the soft masks as tensors under "_masks" (for drawing; not JSON).
     """
     names = model.meta["class_names"]
+    ids = model.meta.get("category_ids") or list(range(1, len(names) + 1))
     channels = model.spec["net_options"].get("in_channels", 3)
     model.eval()
     results = []
@@ -44,8 +47,8 @@ def predict_detections(model: nn.Module, images: Sequence[str | Path], *, device
         detections = []
         for box, label, score, rle in zip(output["boxes"].tolist(), output["labels"].tolist(),
                                           output["scores"].tolist(), rles):
-            entry = {"box": [round(v, 2) for v in box], "label": int(label), "class": str(names[label - 1]),
-                     "score": round(float(score), 5)}
+            entry = {"box": [round(v, 2) for v in box], "category_id": int(ids[label - 1]),
+                     "class": str(names[label - 1]), "score": round(float(score), 5)}
             if rle is not None:
                 entry["mask"] = rle
             detections.append(entry)
@@ -66,20 +69,21 @@ def format_detections(results: list[dict]) -> str:
     lines = []
     for r in results:
         lines.append(f"{r['image']}: {len(r['detections'])} detection(s)")
-        lines += [f"  {d['score']:6.1%}  {d['class']:<14} [{', '.join(f'{v:.1f}' for v in d['box'])}]"
+        lines += [f"  {d['score']:6.1%}  {d['class']:<14} (id {d['category_id']}) "
+                  f"[{', '.join(f'{v:.1f}' for v in d['box'])}]"
                   for d in r["detections"]]
     return "\n".join(lines)
 
 
 def detections_csv(results: list[dict]) -> str:
-    """CSV, one row per detection: image, rank, label, class, score, x1, y1, x2, y2, mask_rle."""
+    """CSV, one row per detection: image, rank, category_id, class, score, x1, y1, x2, y2, mask_rle."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["image", "rank", "label", "class", "score", "x1", "y1", "x2", "y2", "mask_rle"])
+    writer.writerow(["image", "rank", "category_id", "class", "score", "x1", "y1", "x2", "y2", "mask_rle"])
     for r in results:
         for rank, d in enumerate(r["detections"], 1):
             rle = d.get("mask", {}).get("counts", "")
-            writer.writerow([r["image"], rank, d["label"], d["class"], d["score"], *d["box"], rle])
+            writer.writerow([r["image"], rank, d["category_id"], d["class"], d["score"], *d["box"], rle])
     return buffer.getvalue()
 
 

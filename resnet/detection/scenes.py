@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from resnet.data.small import FASHION_MNIST_CLASSES, data_home, fashion_mnist_root, read_fashion_mnist
+from resnet.errors import one_line
 
 NAME = "fashion-scenes"
 ITEM_THRESHOLD = 30  # Fashion-MNIST pixels above this (of 255) belong to the item
@@ -136,8 +137,12 @@ def make_fashion_scenes(out: str | Path | None = None, *, train: int = 2000, val
     out = Path(out).expanduser() if out is not None else default_folder()
     wanted = parameters(train, val, size, seed, max_items)
     manifest = out / "scenes.json"
-    if manifest.is_file() and json.loads(manifest.read_text()) == wanted:
-        return out, "present"
+    how = "generated"
+    if manifest.is_file() and read_manifest(manifest) == wanted:
+        damage = damaged(out, wanted)
+        if damage is None:
+            return out, "present"
+        how = f"rebuilt ({damage})"
     if out.exists() and not manifest.is_file() and any(out.iterdir()):
         raise FileExistsError(f"{out}: exists and is not a {NAME} folder (no scenes.json); give another --out")
     fashion = fashion_mnist_root(fashion_dir, download=False)
@@ -153,7 +158,36 @@ def make_fashion_scenes(out: str | Path | None = None, *, train: int = 2000, val
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out, "generated"
+    return out, how
+
+
+def read_manifest(path: Path) -> dict | None:
+    """scenes.json's parameters, or None when it does not read (then the folder is generated again)."""
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, OSError):
+        return None
+
+
+def damaged(folder: Path, wanted: dict) -> str | None:
+    """Why a folder whose scenes.json matches is not whole (a json that does not read or check, images missing),
+    or None: checked before saying 'present', so that a damaged folder is generated again."""
+    for split in ("train", "val"):
+        path = folder / f"{split}.json"
+        try:
+            data = json.loads(path.read_text())
+            images = data["images"]
+            names = [image["file_name"] for image in images]
+            if not isinstance(data["annotations"], list) or not isinstance(data["categories"], list):
+                raise ValueError("annotations or categories are not lists")
+        except (ValueError, OSError, KeyError, TypeError) as error:
+            return f"{path}: does not read as the scenes' json ({one_line(error)})"
+        if len(images) != wanted[split]:
+            return f"{path}: {len(images)} images, not {wanted[split]}"
+        missing = sum(not (folder / split / str(name)).is_file() for name in names)
+        if missing:
+            return f"{folder / split}: {missing} image file(s) missing"
+    return None
 
 
 def _replace_folder(new: Path, out: Path) -> None:

@@ -14,18 +14,36 @@ import torch
 from torch import nn
 
 from resnet.atomic import atomic_write
+from resnet.data.folder import MAX_PIXELS
 from resnet.detection.coco import build_detection_data
 from resnet.detection.evaluate import evaluate_detector
 from resnet.detection.models import create_detector, detection_loss
 from resnet.train import distributed, finetune
 from resnet.train.recipes import Recipe
 
-DETECTOR_FIELDS = ("head", "masks", "trainable_stages", "backbone_weights")  # config.json's "detector" entry
+DETECTOR_FIELDS = ("head", "masks", "trainable_stages", "backbone_weights", "min_size", "max_size",
+                   "max_pixels")  # config.json's "detector" entry (None: chosen from the data / the default)
 
 # Sampling sized for the scenes' one to four objects per 128px canvas (torchvision's defaults are sized for COCO's
 # many objects: 512 RoIs and 2,000 proposals per image); 5x faster training on a CPU with the same recall.
 FEW_OBJECTS = {"box_batch_size_per_image": 64, "rpn_batch_size_per_image": 128, "rpn_pre_nms_top_n_train": 600,
                "rpn_post_nms_top_n_train": 300, "rpn_pre_nms_top_n_test": 300, "rpn_post_nms_top_n_test": 100}
+
+
+def input_sizes(info, min_size: int | None, max_size: int | None) -> tuple[int, int]:
+    """The detector's (min_size, max_size): the ones given, else the data's (`DetectionDataInfo`); a max_size
+    below min_size is raised to it, a non-positive one refused."""
+    from resnet.detection.datacheck import MAX_SIZE, MIN_SIZE
+
+    for name, value in (("--min-size", min_size), ("--max-size", max_size)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} {value}: give a positive number of pixels")
+    chosen_min = min_size or info.min_size or MIN_SIZE
+    chosen_max = max_size or (max(info.max_size or MAX_SIZE, chosen_min) if min_size is None else
+                              max(round(chosen_min * 1333 / 800), chosen_min))
+    if chosen_max < chosen_min:
+        raise ValueError(f"--max-size {chosen_max} is smaller than --min-size {chosen_min}")
+    return chosen_min, chosen_max
 
 
 class DetectionTask:
@@ -44,11 +62,13 @@ class DetectionTask:
         self.train_loader, self.val_loaders, self.info = build_detection_data(
             self.data, self.data_dir, per_process, seed=self.recipe.seed, rank=dist.rank,
             world_size=dist.world_size, masks=bool(self.detector.get("masks")), num_workers=self.recipe.num_workers,
-            device=device)
+            device=device, max_pixels=self.detector.get("max_pixels") or MAX_PIXELS)
+        self.sizes = input_sizes(self.info, self.detector.get("min_size"), self.detector.get("max_size"))
 
     def build_model(self) -> tuple[nn.Module, list[str]]:
         few = FEW_OBJECTS if self.data == "fashion-scenes" else {}
         options = {**self.info.detector_options(), **few, **self.model_options}
+        options.update(min_size=self.sizes[0], max_size=self.sizes[1])
         model = create_detector(self.backbone, self.detector.get("head", "c4"), bool(self.detector.get("masks")),
                                 backbone_weights=self.detector.get("backbone_weights"),
                                 trainable_stages=self.detector.get("trainable_stages"), **options)
@@ -69,8 +89,11 @@ class DetectionTask:
     def describe(self) -> list[str]:
         sizes = ", ".join(f"{n} {split}" for split, n in self.info.sizes.items())
         side = f", {self.info.image_size}px" if self.info.image_size else ""
+        how = "given" if self.detector.get("min_size") else "chosen from the images' sizes"
         return [f"input: {self.info.name} from {self.info.root} ({sizes} images{side}, {self.info.channels} "
-                f"channel(s))"]
+                f"channel(s))",
+                f"detector input: shorter side {self.sizes[0]} px, longer side at most {self.sizes[1]} px ({how}; "
+                f"--min-size/--max-size to set it)"]
 
     def train_step(self, model: nn.Module, batch, step: int, autocast: Callable) -> tuple[torch.Tensor, torch.Tensor]:
         images, targets = batch

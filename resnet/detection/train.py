@@ -16,12 +16,15 @@ def train_detector(backbone: str | None = None, data: str | None = None, *, head
                    trainable_stages: int | None = None, backbone_weights: str | Path | None = None,
                    recipe: Recipe | None = None, out: str | Path | None = None, data_dir: str | None = None,
                    resume: str | Path | None = None, model_options: dict | None = None,
-                   progress: bool | None = None, stop_after: int | None = None, overwrite: bool = False) -> dict:
+                   progress: bool | None = None, stop_after: int | None = None, overwrite: bool = False,
+                   min_size: int | None = None, max_size: int | None = None, max_pixels: int | None = None) -> dict:
     """Train a `head` detector ("c4" as the paper, or "fpn"; Mask R-CNN with `masks`) on `backbone` with COCO-format
     `data` ("fashion-scenes", or "coco" with `data_dir`); returns the last evaluation row (val_box_AP, ...).
 
     `backbone_weights` (a classification run or checkpoint of ours, a `resnet weights` name, a torchvision/timm
     file) freezes BN and trains the last `trainable_stages` stages; `resume` continues a detection run directory.
+    `min_size`/`max_size`: the detector's input scale (default: chosen from the images' sizes; saved in the
+    checkpoint); `max_pixels`: the largest image read (default resnet.data.folder.MAX_PIXELS).
     """
     if resume is not None:
         run_dir, config = read_config(Path(resume), out, task="detection")
@@ -33,7 +36,8 @@ def train_detector(backbone: str | None = None, data: str | None = None, *, head
                                              model_options, None, name=f"{head}-{backbone}-{data}")
         config = {"task": "detection", **config, "detector": {
             "head": head, "masks": bool(masks), "trainable_stages": trainable_stages,
-            "backbone_weights": str(backbone_weights) if backbone_weights is not None else None}}
+            "backbone_weights": str(backbone_weights) if backbone_weights is not None else None,
+            "min_size": min_size, "max_size": max_size, "max_pixels": max_pixels}}
     detector = {k: config["detector"].get(k) for k in DETECTOR_FIELDS}
 
     def make_task(recipe: Recipe) -> DetectionTask:

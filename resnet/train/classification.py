@@ -18,6 +18,7 @@ from resnet.atomic import atomic_write_text
 from resnet.data import dataset_info, get_dataset, load_tensors, pixel_mean
 from resnet.data.batch_augment import BatchMix, low_resolution, random_erase
 from resnet.data.datasets import TREES, describe_input, held_out_splits, protocol_options
+from resnet.data.info import DatasetInfo
 from resnet.data.loaders import TTA_VIEWS, TensorLoader, build_loader, tta_view
 from resnet.data.sampling import balanced_sample, balanced_subset
 from resnet.data.transforms import test_transform, train_transform
@@ -147,6 +148,18 @@ def _batch_stats(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- the task
 
+def check_sizes(recipe: Recipe, info: DatasetInfo) -> None:
+    """Refuse size settings that cannot do anything on these images: a --low-res-size not below the input side
+    (progressive resizing would train at full size), a --crop-pad at or above it (crops could be all padding)."""
+    side = info.image_size
+    if recipe.low_res_size is not None and recipe.low_res_size >= side:
+        raise ValueError(f"--low-res-size {recipe.low_res_size}: not smaller than the {info.name} input "
+                         f"({side} px), so progressive resizing would do nothing; give a smaller side")
+    if info.style == "small" and recipe.crop_pad >= side:
+        raise ValueError(f"--crop-pad {recipe.crop_pad}: at or above the {info.name} image size ({side} px), so a "
+                         f"random crop could be all padding; give less than {side} (the paper: 4)")
+
+
 class ClassificationTask:
     """Images to class scores, trained with cross-entropy and scored by top-1/top-5 error (see train/task.py)."""
 
@@ -169,6 +182,7 @@ class ClassificationTask:
         self.train_loader, self.eval_loaders, self.final_loaders, self.info, self.mean = make_data(
             self.data, self.data_dir, self.recipe, dist, device, self.download)
         r = self.recipe
+        check_sizes(r, self.info)
         self.mix = BatchMix(self.info.num_classes, r.mixup_alpha, r.cutmix_alpha, r.mix_prob)
         self.low_res_steps = round(r.low_res_fraction * r.total_steps(len(self.train_loader))) if r.low_res_size else 0
 

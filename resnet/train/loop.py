@@ -79,9 +79,25 @@ def run(make_task, config: dict, run_dir: Path, recipe: Recipe, *, fresh: bool, 
     torch.manual_seed(recipe.seed)
     task = make_task(recipe)
     task.setup(dist, device)
-    trainer = Trainer(task, recipe, run_dir, config, dist=dist, device=device, fresh=fresh, restore=restore,
-                      progress=progress, stop_after=stop_after, warmup=paper_warmup(config["model"], recipe))
-    return trainer.fit()
+    try:
+        trainer = Trainer(task, recipe, run_dir, config, dist=dist, device=device, fresh=fresh, restore=restore,
+                          progress=progress, stop_after=stop_after, warmup=paper_warmup(config["model"], recipe))
+        return trainer.fit()
+    finally:
+        close_loaders(task)
+
+
+def close_loaders(task) -> None:
+    """Stop the task's loader workers, however the run ended (an error in a worker included), so that the
+    process exits at once instead of waiting on persistent workers."""
+    loaders = [getattr(task, "train_loader", None)]
+    for group in ("val_loaders", "eval_loaders", "final_loaders"):
+        loaders += list((getattr(task, group, None) or {}).values())
+    for loader in loaders:
+        while loader is not None and not hasattr(loader, "close"):  # a wrapper (finetune.Renormalised)
+            loader = getattr(loader, "loader", None)
+        if loader is not None:
+            loader.close()
 
 
 def new_config(model: str | None, data: str | None, recipe: Recipe, out, data_dir, model_options, init,

@@ -83,6 +83,9 @@ class Recipe:
             raise ValueError(f"invalid --lr-drops {' '.join(map(str, self.lr_drops))}; give them in increasing order")
         if self.nesterov and self.momentum == 0:
             raise ValueError("--nesterov needs a --momentum above 0")
+        if self.mix_prob < 1 and not (self.mixup_alpha or self.cutmix_alpha):
+            raise ValueError(f"--mix-prob {self.mix_prob:g} does nothing without --mixup-alpha or --cutmix-alpha "
+                             f"(no batch is mixed)")
         if (self.iters is None) == (self.epochs is None):
             raise ValueError(f"give one of --iters or --epochs (iters={self.iters}, epochs={self.epochs})")
         return self
