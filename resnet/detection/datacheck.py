@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from resnet.data.folder import ORIENTATION, open_checked
 from resnet.errors import one_line
 
 GRAYSCALE_MODES = ("1", "L", "LA", "I", "F")  # and I;16*: read as one channel
@@ -50,8 +51,6 @@ def outside_folder(file_name: str) -> str | None:
 
 def read_header(path: Path, max_pixels: int) -> tuple[int, int, bool]:
     """(width, height, grayscale) of an image file as the loader will see it, from its header alone."""
-    from resnet.data.folder import ORIENTATION, open_checked
-
     with open_checked(path, max_pixels=max_pixels, option="--max-pixels") as image:
         w, h = image.size
         header_exif = image.format != "PNG" or "exif" in image.info  # PIL decodes a whole PNG to look further
