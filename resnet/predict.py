@@ -93,8 +93,7 @@ def predict(model: nn.Module, images: Sequence[str | Path], top: int = 5, protoc
     step = batch_size
 
     def score_pending() -> None:
-        views = chosen.collate([(v, 0) for _, v in pending])[0]
-        probs = chosen.scores(model, norm, views, device, amp).cpu()
+        probs = probabilities(model, chosen, norm, [v for _, v in pending], device, amp)
         results.extend({"image": str(path), "top": _top(p, top, names)} for (path, _), p in zip(pending, probs))
         pending.clear()
 
@@ -155,3 +154,12 @@ def write_predictions(results: list[dict], out: str | Path) -> Path:
     if out.suffix.lower() == ".csv":
         return atomic_write_text(out, predictions_csv(results))
     raise ValueError(f"--out {out}: give a .json or .csv file name")
+
+
+@torch.no_grad()
+def probabilities(model: nn.Module, chosen: Protocol, norm: nn.Module, views: Sequence, device: str = "cpu",
+                  amp: bool | None = None) -> torch.Tensor:
+    """Probabilities [N, K] on the CPU of N images' prepared views (`chosen.prepare`), as `predict` scores them:
+    shared with the server (resnet/serve), so both answer alike."""
+    batch = chosen.collate([(v, 0) for v in views])[0]
+    return chosen.scores(model, norm, batch, device, amp).cpu()

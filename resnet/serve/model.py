@@ -1,0 +1,182 @@
+"""The served network: a classifier or a detector behind one small interface, answering as `resnet predict`.
+
+Classifiers go through the functions `resnet predict` uses (the checkpoint's test protocol's `prepare`, the
+shared `resnet.predict.probabilities`, the same top-k formatting), detectors through
+`resnet.detection.predict.detect`, so a served answer equals `resnet predict --json` on the same file.
+`Classifier` has the interface of `resnet.inference`'s classifiers (name, classes, channels, engine, meta,
+prepare, probabilities, top), so the server does not care which engine runs the net.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from resnet.data.folder import MAX_PIXELS
+
+
+class Classifier:
+    """A classification checkpoint with its own test preprocessing (the PyTorch engine)."""
+
+    engine = "torch"
+
+    def __init__(self, model: nn.Module, protocol: str = "center", device: str = "cpu",
+                 amp: bool | None = None) -> None:
+        from resnet.evaluate.preprocess import input_norm
+        from resnet.evaluate.protocols import checkpoint_protocol
+
+        self.model, self.device, self.amp = model, device, amp
+        self.meta: dict = getattr(model, "meta", {}) or {}
+        self.name = str(self.meta.get("model") or getattr(model, "name", "network"))
+        self.classes = [str(c) for c in (self.meta.get("class_names") or self.meta.get("classes") or [])]
+        self.channels = model.conv1.in_channels
+        self.protocol = checkpoint_protocol(model, protocol)
+        self.norm = input_norm(model).to(device)
+
+    def prepare(self, image: torch.Tensor) -> torch.Tensor:
+        """The views of one decoded uint8 CHW image under the checkpoint's test protocol."""
+        return self.protocol.prepare(image)
+
+    def probabilities(self, views: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Probabilities [N, classes] of N images' prepared views (the same code as `resnet predict`)."""
+        from resnet.predict import probabilities
+
+        return probabilities(self.model, self.protocol, self.norm, views, self.device, self.amp)
+
+    def top(self, probs: torch.Tensor, k: int) -> list[dict]:
+        """The k most probable classes of one row, as `resnet predict --json` writes them."""
+        from resnet.predict import _top
+
+        return _top(probs, k, self.classes or None)
+
+
+class Served:
+    """What the server needs of a network: decode settings, prepare (any thread), run a batch (the worker
+    thread), and the JSON answer of one image."""
+
+    task = ""
+    name = ""
+    channels = 3
+    min_side: int | None = None
+
+    def prepare(self, image: torch.Tensor) -> object:
+        raise NotImplementedError
+
+    def run(self, batch: list) -> list:
+        raise NotImplementedError
+
+    def answer(self, output: object, image: str, top_k: int) -> dict:
+        raise NotImplementedError
+
+    def input_card(self) -> dict:
+        raise NotImplementedError
+
+
+class ServedClassifier(Served):
+    task = "classification"
+
+    def __init__(self, classifier: Classifier) -> None:
+        self.classifier = classifier
+        self.name, self.channels = classifier.name, classifier.channels
+        self.min_side = getattr(getattr(classifier, "protocol", None), "min_side", None)
+        self.classes = classifier.classes
+        self.meta = classifier.meta
+
+    def prepare(self, image: torch.Tensor) -> object:
+        return self.classifier.prepare(image)
+
+    def run(self, batch: list) -> list:
+        return list(self.classifier.probabilities(batch))
+
+    def answer(self, output: object, image: str, top_k: int) -> dict:
+        return {"image": image, "top": self.classifier.top(output, top_k)}
+
+    def input_card(self) -> dict:
+        meta = self.meta
+        size = meta.get("image_size")
+        return {"channels": self.channels, "image_size": size[-1] if isinstance(size, (list, tuple)) else size,
+                "style": meta.get("style"), "resize": meta.get("resize_size"), "engine": self.classifier.engine,
+                "protocol": getattr(getattr(self.classifier, "protocol", None), "name", None),
+                "normalisation": "per-pixel mean subtracted" + (", divided by std" if meta.get("input_std") else "")}
+
+
+class ServedDetector(Served):
+    task = "detection"
+
+    def __init__(self, model: nn.Module, device: str = "cpu", score_threshold: float = 0.5) -> None:
+        self.model, self.device, self.score_threshold = model, device, score_threshold
+        self.meta = getattr(model, "meta", {}) or {}
+        self.name = str(getattr(model, "name", None) or self.meta.get("model") or "detector")
+        self.channels = model.spec["net_options"].get("in_channels", 3)
+        self.classes = [str(c) for c in self.meta.get("class_names", [])]
+
+    def prepare(self, image: torch.Tensor) -> object:
+        return image  # the detector's own transform resizes and normalises (GeneralizedRCNNTransform)
+
+    def run(self, batch: list) -> list:
+        """One image at a time, as `resnet predict` runs them: batched detectors pad images to a common size,
+        which would move boxes near the padded edges."""
+        from resnet.detection.predict import detect
+
+        return [detect(self.model, image, "", device=self.device, score_threshold=self.score_threshold)
+                for image in batch]
+
+    def answer(self, output: object, image: str, top_k: int) -> dict:
+        return {**output, "image": image}
+
+    def input_card(self) -> dict:
+        transform = self.model.transform
+        return {"channels": self.channels, "min_size": list(transform.min_size), "max_size": transform.max_size,
+                "score_threshold": self.score_threshold, "engine": "torch",
+                "normalisation": "the detector's own (torchvision GeneralizedRCNNTransform)"}
+
+
+def load_served(source: str, device: str = "cpu", protocol: str = "center", amp: bool | None = None,
+                score_threshold: float = 0.5) -> Served:
+    """The network `resnet predict --checkpoint source` would use, ready to serve."""
+    from resnet.detection import is_detector_checkpoint
+
+    if is_detector_checkpoint(source):
+        from resnet.detection.models import load_detector
+
+        return ServedDetector(load_detector(source, device), device, score_threshold)
+    from resnet.checkpoint import load_model
+
+    return ServedClassifier(Classifier(load_model(source, device), protocol, device, amp))
+
+
+def held_out(source: str) -> dict:
+    """The run's last recorded held-out metrics (keys ending in error or AP of the val/test splits), when `source`
+    is a run directory (or a checkpoint inside one) with a metrics.jsonl; {} otherwise."""
+    path = Path(source)
+    for folder in (path, *path.parents[:4]):
+        metrics = folder / "metrics.jsonl"
+        if metrics.is_file():
+            break
+    else:
+        return {}
+    found: dict = {}
+    try:
+        lines = metrics.read_text().splitlines()
+    except OSError:
+        return {}
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            found.update({k: v for k, v in row.items() if k.startswith(("val_", "test_"))
+                          and k.endswith(("error", "AP", "AP50")) and isinstance(v, (int, float))})
+    return found
+
+
+def model_card(served: Served, source: str, max_pixels: int = MAX_PIXELS) -> dict:
+    """GET /v1/model: name, task, classes, input and preprocessing, source checkpoint, held-out metrics."""
+    return {"name": served.name, "task": served.task, "classes": list(served.classes), "input": served.input_card(),
+            "max_pixels": max_pixels, "source": str(source), "held_out": held_out(source),
+            "dataset": served.meta.get("dataset") or served.meta.get("data")}
