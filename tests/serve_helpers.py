@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -68,22 +69,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def environment() -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+def environment(threads: int | None = 1) -> dict:
+    """The server's environment: this tree first on the path, `threads` OpenMP threads (None: torch's default),
+    exact fp32 unless the caller's environment says otherwise."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("OMP_NUM_THREADS", None)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     env.setdefault("RESNET_CPU_FAST", "0")
     return env
 
 
 def start_server(checkpoint: Path, *options: str, port: int | None = None, wait: float = 60,
-                 log: Path | None = None) -> tuple[subprocess.Popen, str]:
+                 log: Path | None = None, threads: int | None = 1) -> tuple[subprocess.Popen, str]:
     """`python -m resnet serve` on 127.0.0.1 and a free port; returns (process, base URL) once /health says ready."""
     port = port or free_port()
     out = open(log, "wb") if log else subprocess.DEVNULL
     process = subprocess.Popen([sys.executable, "-m", "resnet", "serve", "--checkpoint", str(checkpoint),
                                 "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *options],
-                               env=environment(), stdout=out, stderr=subprocess.STDOUT if log else subprocess.PIPE,
-                               start_new_session=True)
+                               env=environment(threads), stdout=out,
+                               stderr=subprocess.STDOUT if log else subprocess.PIPE, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
@@ -112,3 +117,30 @@ def stop_server(process: subprocess.Popen, timeout: float = 20) -> int | None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(10)
     return process.returncode
+
+
+class ServerThread:
+    """uvicorn serving `app` on 127.0.0.1 and a free port, in a thread of the test process."""
+
+    def __init__(self, app) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        url, deadline = f"http://127.0.0.1:{self.port}", time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    return url
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("the server did not become ready")
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(20)

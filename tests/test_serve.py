@@ -415,3 +415,21 @@ def test_batcher_drops_images_of_requests_that_gave_up():
 
     asyncio.run(scenario())
     assert seen == ["kept"]
+
+
+def test_the_benchmark_quick_mode_writes_valid_json(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_serve
+
+    out = tmp_path / "bench.json"
+    assert bench_serve.main(["--quick", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["cpu"] and report["quick"] and len(report["loadavg_before"]) == 3
+    [model] = report["models"]
+    assert model["offline"]["images_per_s"] > 0
+    assert {(r["mode"], r["clients"]) for r in model["served"]} == {(m, n) for m in ("batching", "no batching")
+                                                                    for n in (1, 8)}
+    assert all(r["errors"] == 0 and r["requests"] > 0 and r["p99_ms"] >= r["p50_ms"] for r in model["served"])

@@ -6,14 +6,12 @@ as many boxes as the JSON has above the page's threshold. Skipped only where chr
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 import torch
-from serve_helpers import fashion_checkpoint, fashion_image, free_port, png_bytes
+from serve_helpers import ServerThread, fashion_checkpoint, fashion_image, png_bytes
 
 from resnet.cli import main
 from resnet.serve.app import app_from_settings
@@ -23,33 +21,6 @@ pytestmark = pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(CHROMEDRIV
                                 reason="Debian's chromium and chromium-driver are not installed")
 OPTIONS = dict(device="cpu", protocol="center", amp=False, score_threshold=0.0, max_batch=8, max_wait_ms=5,
                max_queue=64, max_bytes=1_000_000, max_pixels=1_000_000, max_images=4, timeout=20, token=None)
-
-
-class ServerThread:
-    """uvicorn serving `app` on 127.0.0.1 and a free port, in a thread of the test process."""
-
-    def __init__(self, app) -> None:
-        import uvicorn
-
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        url, deadline = f"http://127.0.0.1:{self.port}", time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    return url
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("the server did not become ready")
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(20)
 
 
 def browser(tmp_path: Path):

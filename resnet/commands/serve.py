@@ -34,7 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1, help="processes, each with its own copy of the model (default: 1)")
     p.add_argument("--token", default=None, help="require `Authorization: Bearer TOKEN` (default: $RESNET_SERVE_TOKEN)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
-    p.add_argument("--protocol", default="center", choices=PROTOCOLS, help="classifiers' test protocol (default: center)")
+    p.add_argument("--protocol", default="center", choices=PROTOCOLS,
+                   help="classifiers' test protocol (default: center)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="mixed precision, as `resnet predict` (default: the device's fast path); --no-amp: exact fp32")
     p.add_argument("--score-threshold", type=float, default=0.5, help="detectors: the lowest score (default: 0.5)")
