@@ -433,3 +433,34 @@ def test_the_benchmark_quick_mode_writes_valid_json(tmp_path):
     assert {(r["mode"], r["clients"]) for r in model["served"]} == {(m, n) for m in ("batching", "no batching")
                                                                     for n in (1, 8)}
     assert all(r["errors"] == 0 and r["requests"] > 0 and r["p99_ms"] >= r["p50_ms"] for r in model["served"])
+
+
+def test_container_and_kubernetes_recipes():
+    """The Containerfile runs `resnet serve` (arguments the real parser takes) as a non-root user with a HEALTHCHECK
+    on /health; the Deployment's probes use /health; hadolint passes where it is installed."""
+    import re
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    import yaml
+
+    from resnet.cli import build_parser
+
+    deploy = Path(__file__).resolve().parents[1] / "deploy"
+    recipe = (deploy / "Containerfile").read_text()
+    user = re.search(r"^USER (\S+)", recipe, re.M).group(1)
+    assert user not in ("root", "0") and "HEALTHCHECK" in recipe and "/health" in recipe.split("HEALTHCHECK")[1]
+    entry = json.loads(re.search(r"^ENTRYPOINT (\[.*\])", recipe, re.M).group(1))
+    cmd = json.loads(re.search(r"^CMD (\[.*\])", recipe, re.M).group(1))
+    assert entry[:2] == ["resnet", "serve"]
+    args = build_parser(entry[1:] + cmd).parse_args(entry[1:] + cmd)
+    assert args.host == "0.0.0.0" and args.port == 8000
+    deployment, service = yaml.safe_load_all((deploy / "kubernetes.yaml").read_text())
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert build_parser(["serve", *container["args"]]).parse_args(["serve", *container["args"]]).grace == 20
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    if shutil.which("hadolint"):
+        result = subprocess.run(["hadolint", str(deploy / "Containerfile")], capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout
