@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import socket
 import threading
@@ -464,3 +465,23 @@ def test_container_and_kubernetes_recipes():
     if shutil.which("hadolint"):
         result = subprocess.run(["hadolint", str(deploy / "Containerfile")], capture_output=True, text=True)
         assert result.returncode == 0, result.stdout
+
+
+def test_the_serving_page_commands_parse():
+    """Every `resnet ...` line of docs/serving.md parses with the real command line (and the options it names
+    are the server's)."""
+    import shlex
+    from pathlib import Path
+
+    from resnet.cli import build_parser
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "serving.md").read_text()
+    lines = [line.split("  #")[0].strip() for line in page.splitlines() if line.startswith("resnet ")]
+    assert sum(line.startswith("resnet serve") for line in lines) >= 2
+    for line in lines:
+        argv = shlex.split(line)[1:]
+        build_parser(argv).parse_args(argv)
+    options = set(re.findall(r"`(--[a-z-]+)", page)) - {"--json", "--no-amp"}
+    serve = build_parser(["serve"])._subparsers._group_actions[0].choices["serve"]
+    known = {o for action in serve._actions for o in action.option_strings}
+    assert options <= known, options - known
