@@ -204,8 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.models, args.clients = 1.0, ["resnet20"], [1, 8]
+    os.environ.setdefault("RESNET_CPU_FAST", "0")  # offline and served alike: exact fp32 unless the caller says
     report = {"benchmark": "bench_serve", "cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
               "commit": commit(), "command": " ".join(["python", *sys.argv]), "quick": args.quick,
+              "RESNET_CPU_FAST": os.environ["RESNET_CPU_FAST"],
               "seconds_each": args.seconds, "loadavg_before": [round(v, 2) for v in os.getloadavg()], "models": []}
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as folder:
         for name in args.models:
