@@ -24,7 +24,7 @@ section{background:#fff;border-radius:8px;padding:16px;box-shadow:0 1px 3px #000
 .pct{width:60px;text-align:right;font-variant-numeric:tabular-nums}
 #top1{font-size:22px;font-weight:600;margin:8px 0}#error{color:#b3261e}
 canvas{max-width:100%;image-rendering:pixelated;border:1px solid #ccd}
-#preview{max-width:160px;max-height:160px;image-rendering:pixelated;border:1px solid #ccd}
+#preview{width:112px;height:auto;image-rendering:pixelated;border:1px solid #ccd}
 dt{font-weight:600;margin-top:6px}dd{margin:0 0 0 8px;word-break:break-word}
 #auth{display:none;margin:8px 0}
 </style></head><body>
