@@ -485,3 +485,18 @@ def test_the_serving_page_commands_parse():
     serve = build_parser(["serve"])._subparsers._group_actions[0].choices["serve"]
     known = {o for action in serve._actions for o in action.option_strings}
     assert options <= known, options - known
+
+
+@pytest.mark.slow
+def test_workers_processes_answer_on_one_port_and_sum_their_metrics(checkpoint, images, capsys):
+    expected = predict_json(capsys, checkpoint, images[:1])
+    process, url = start_server(checkpoint, "--workers", "2", "--no-amp", wait=180)
+    try:
+        for _ in range(4):
+            r = httpx.post(url + "/v1/predict?top_k=10", content=images[0].read_bytes(),
+                           headers={"content-type": "image/png"}, timeout=60)
+            assert_same(r.json()["predictions"], expected)
+        text = httpx.get(url + "/metrics", timeout=10).text
+        assert 'resnet_serve_requests_total{code="200",route="/v1/predict"} 4.0' in text
+    finally:
+        assert stop_server(process) == 0
