@@ -100,9 +100,12 @@ def test_held_out_metrics_come_from_the_run(tmp_path):
     (run / "checkpoints").mkdir(parents=True)
     rows = [{"step": 10, "val_top1_error": 0.5}, {"step": 20, "val_top1_error": 0.25, "train_loss": 1.0}]
     (run / "metrics.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\nnot json\n")
+    assert held_out(str(run)) == {}  # not a run directory: no config.json
+    (run / "config.json").write_text("{}")
+    (run / "checkpoints" / "best.safetensors").write_bytes(b"")
     assert held_out(str(run)) == {"val_top1_error": 0.25}
     assert held_out(str(run / "checkpoints" / "best.safetensors")) == {"val_top1_error": 0.25}
-    assert held_out(str(tmp_path / "elsewhere.safetensors")) == {}
+    assert held_out(str(tmp_path / "elsewhere.safetensors")) == {} and held_out("resnet20.akamaster-cifar10") == {}
 
 
 class FakeNet(Served):

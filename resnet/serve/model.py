@@ -150,18 +150,20 @@ def load_served(source: str, device: str = "cpu", protocol: str = "center", amp:
 
 
 def held_out(source: str) -> dict:
-    """The run's last recorded held-out metrics (keys ending in error or AP of the val/test splits), when `source`
-    is a run directory (or a checkpoint inside one) with a metrics.jsonl; {} otherwise."""
+    """The run's last recorded held-out metrics (keys of the val/test splits ending in error, AP or AP50) when
+    `source` is a run directory or a checkpoint inside one (a folder with config.json and metrics.jsonl); {}
+    otherwise (a lone checkpoint file, a published weights name)."""
     path = Path(source)
-    for folder in (path, *path.parents[:4]):
-        metrics = folder / "metrics.jsonl"
-        if metrics.is_file():
-            break
-    else:
+    if not path.exists():
+        return {}
+    path = path.resolve()
+    candidates = [path] if path.is_dir() else list(path.parents)[:3]
+    run = next((c for c in candidates if (c / "metrics.jsonl").is_file() and (c / "config.json").is_file()), None)
+    if run is None:
         return {}
     found: dict = {}
     try:
-        lines = metrics.read_text().splitlines()
+        lines = (run / "metrics.jsonl").read_text().splitlines()
     except OSError:
         return {}
     for line in lines:
