@@ -12,7 +12,8 @@ The clients run in this process (asyncio + httpx) on the same cores as the serve
 from it, which counts against the server. Writes benchmarks/results/bench_serve.json (full runs) with the CPU
 (lscpu), torch, the commit and the load average before and after.
 
-Usage: python benchmarks/bench_serve.py [--seconds 10] [--models resnet20 resnet50] [--quick] [--json OUT]
+Usage: python benchmarks/bench_serve.py [--seconds 10] [--models resnet20 resnet50] [--threads N] [--quick]
+                                       [--json OUT]
   --quick: ResNet-20 (base width 4), 1 and 8 clients, 1 s each, servers in threads of this process: checks the
   script (tests/test_serve.py runs it), measures nothing worth keeping.
 """
@@ -83,11 +84,14 @@ def workload(name: str, folder: Path, quick: bool) -> tuple[Path, list[bytes]]:
     return resnet50_checkpoint(folder / "r50.safetensors"), photos
 
 
-def offline_rate(checkpoint: Path, images: list[bytes], seconds: float, batch: int = 32) -> dict:
+def offline_rate(checkpoint: Path, images: list[bytes], seconds: float, batch: int = 32,
+                 threads: int | None = None) -> dict:
     """Images/s of decode + prepare + batched scoring in this process, by `resnet predict`'s code."""
     from resnet.serve.limits import decode_upload
     from resnet.serve.model import load_served
 
+    if threads:
+        torch.set_num_threads(threads)
     served = load_served(str(checkpoint), amp=None)
     served.run([served.prepare(decode_upload(images[0], "x", served.channels, served.min_side, 10**8))])  # warm-up
     done, start = 0, time.perf_counter()
@@ -140,7 +144,7 @@ async def load_test(url: str, images: list[bytes], clients: int, seconds: float)
 class InProcess:
     """--quick: the server in a thread of this process (no start-up cost)."""
 
-    def __init__(self, checkpoint: Path, options: list[str]) -> None:
+    def __init__(self, checkpoint: Path, options: list[str], threads: int | None) -> None:
         from serve_helpers import ServerThread
 
         from resnet.serve.app import app_from_settings
@@ -148,7 +152,8 @@ class InProcess:
         settings = {"checkpoint": str(checkpoint), "device": "cpu", "protocol": "center", "amp": None,
                     "score_threshold": 0.5, "max_batch": int(options[1]),
                     "max_wait_ms": float(options[3]) if len(options) > 3 else 5.0, "max_queue": 256,
-                    "max_bytes": 20_000_000, "max_pixels": 64_000_000, "max_images": 64, "timeout": 300, "token": None}
+                    "max_bytes": 20_000_000, "max_pixels": 64_000_000, "max_images": 64, "timeout": 300, "token": None,
+                    "threads": threads}
         self.server = ServerThread(app_from_settings(settings, load_now=True))
 
     def __enter__(self) -> str:
@@ -159,27 +164,29 @@ class InProcess:
 
 
 class Process:
-    """A real `resnet serve` process with torch's default threads."""
+    """A real `resnet serve` process (--threads as given, else torch's default)."""
 
-    def __init__(self, checkpoint: Path, options: list[str]) -> None:
-        self.checkpoint, self.options = checkpoint, options
+    def __init__(self, checkpoint: Path, options: list[str], threads: int | None) -> None:
+        self.checkpoint, self.options, self.threads = checkpoint, options, threads
 
     def __enter__(self) -> str:
+        threads = ["--threads", str(self.threads)] if self.threads else []
         self.process, url = start_server(self.checkpoint, *self.options, "--timeout", "300", "--max-queue", "1024",
-                                         wait=180, threads=None)
+                                         *threads, wait=180, threads=None)
         return url
 
     def __exit__(self, *exc) -> None:
         stop_server(self.process)
 
 
-def bench_model(name: str, folder: Path, clients: list[int], seconds: float, quick: bool) -> dict:
+def bench_model(name: str, folder: Path, clients: list[int], seconds: float, quick: bool,
+                threads: int | None = None) -> dict:
     checkpoint, images = workload(name, folder, quick)
     result: dict = {"model": name, "image": "28x28 grey PNG" if name == "resnet20" else "320x240 RGB PNG -> 224",
-                    "offline": offline_rate(checkpoint, images, seconds), "served": []}
+                    "offline": offline_rate(checkpoint, images, seconds, threads=threads), "served": []}
     print(f"{name}: offline {result['offline']['images_per_s']} images/s", file=sys.stderr)
     for mode, options in MODES.items():
-        with (InProcess if quick else Process)(checkpoint, options) as url:
+        with (InProcess if quick else Process)(checkpoint, options, threads) as url:
             asyncio.run(load_test(url, images, 1, min(seconds, 1)))  # warm the connection pool and caches
             for n in clients:
                 row = {"mode": mode, **asyncio.run(load_test(url, images, n, seconds))}
@@ -199,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds per measurement (default: 10)")
     parser.add_argument("--models", nargs="+", default=["resnet20", "resnet50"], choices=["resnet20", "resnet50"])
     parser.add_argument("--clients", nargs="+", type=int, default=[1, 8, 32])
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads offline and in the server (default: torch's, one per core); on a machine "
+                             "shared with other jobs 1 avoids OpenMP's threads waiting on each other")
     parser.add_argument("--quick", action="store_true", help="a check of the script, not a measurement")
     parser.add_argument("--json", type=Path, help=f"write here (default: {RESULTS.relative_to(ROOT)}; --quick: none)")
     args = parser.parse_args(argv)
@@ -207,11 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RESNET_CPU_FAST", "0")  # offline and served alike: exact fp32 unless the caller says
     report = {"benchmark": "bench_serve", "cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
               "commit": commit(), "command": " ".join(["python", *sys.argv]), "quick": args.quick,
-              "RESNET_CPU_FAST": os.environ["RESNET_CPU_FAST"],
+              "RESNET_CPU_FAST": os.environ["RESNET_CPU_FAST"], "threads": args.threads or torch.get_num_threads(),
               "seconds_each": args.seconds, "loadavg_before": [round(v, 2) for v in os.getloadavg()], "models": []}
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as folder:
         for name in args.models:
-            report["models"].append(bench_model(name, Path(folder), args.clients, args.seconds, args.quick))
+            report["models"].append(bench_model(name, Path(folder), args.clients, args.seconds, args.quick,
+                                                args.threads))
     report["loadavg_after"] = [round(v, 2) for v in os.getloadavg()]
     text = json.dumps(report, indent=2)
     print(text)

@@ -32,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument("--workers", type=int, default=1, help="processes, each with its own copy of the model (default: 1)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per process (default: torch's, one per core; with --workers N, cores / N)")
     p.add_argument("--token", default=None, help="require `Authorization: Bearer TOKEN` (default: $RESNET_SERVE_TOKEN)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
     p.add_argument("--protocol", default="center", choices=PROTOCOLS,
@@ -58,7 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def settings_of(args: argparse.Namespace) -> dict:
     """The options the server processes need, as a JSON-able dict."""
     keys = ("checkpoint", "device", "protocol", "amp", "score_threshold", "max_batch", "max_wait_ms", "max_queue",
-            "max_bytes", "max_pixels", "max_images", "timeout")
+            "max_bytes", "max_pixels", "max_images", "timeout", "threads")
     return {k: getattr(args, k) for k in keys} | {"token": args.token or os.environ.get("RESNET_SERVE_TOKEN")}
 
 
@@ -79,8 +81,8 @@ def run(args: argparse.Namespace) -> int:
 
     from resnet.serve.app import app_from_settings
 
-    for option in ("workers", "max_batch", "max_queue", "max_bytes", "max_pixels", "max_images"):
-        if getattr(args, option) < 1:
+    for option in ("workers", "max_batch", "max_queue", "max_bytes", "max_pixels", "max_images", "threads"):
+        if getattr(args, option) is not None and getattr(args, option) < 1:
             raise ValueError(f"--{option.replace('_', '-')} must be positive")
     if args.timeout <= 0 or args.grace < 0 or args.max_wait_ms < 0:
         raise ValueError("--timeout must be positive, --grace and --max-wait-ms not negative")

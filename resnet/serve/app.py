@@ -217,6 +217,8 @@ def app_from_settings(options: dict, load_now: bool = False) -> Callable:
                         max_wait_ms=options["max_wait_ms"], limits=limits, token=options.get("token"))
 
     def loader() -> Served:
+        if options.get("threads"):
+            torch.set_num_threads(options["threads"])
         return load_served(options["checkpoint"], options["device"], options["protocol"], options["amp"],
                            options["score_threshold"])
 
