@@ -25,6 +25,7 @@ import asyncio
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -212,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a check of the script, not a measurement")
     parser.add_argument("--json", type=Path, help=f"write here (default: {RESULTS.relative_to(ROOT)}; --quick: none)")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a stopped run still stops its servers (finally)
     if args.quick:
         args.seconds, args.models, args.clients = 1.0, ["resnet20"], [1, 8]
     os.environ.setdefault("RESNET_CPU_FAST", "0")  # offline and served alike: exact fp32 unless the caller says

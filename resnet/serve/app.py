@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import os
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+import anyio
 import torch
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -49,6 +51,7 @@ class State:
     """The loaded network, its batcher and whether it is ready (loaded and warmed up)."""
 
     def __init__(self) -> None:
+        self.decoders: anyio.CapacityLimiter | None = None  # made in the event loop (load)
         self.served: Served | None = None
         self.batcher: Batcher | None = None
         self.ready = False
@@ -64,6 +67,8 @@ def warm_up_image(served: Served) -> torch.Tensor:
 
 async def load(state: State, settings: Settings, loader: Callable[[], Served], metrics: Metrics) -> None:
     """Load the network (a worker thread), start batching, run one warm-up batch: then /health says ready."""
+    # decoding threads at a time: as many as cores, so that they do not starve the network's thread of the GIL
+    state.decoders = anyio.CapacityLimiter(max(1, len(os.sched_getaffinity(0))))
     try:
         served = await run_in_threadpool(loader)
         state.batcher = Batcher(served.run, settings.max_batch, settings.max_wait_ms, settings.limits.max_queue,
@@ -126,7 +131,8 @@ def create_app(loader: Callable[[], Served], settings: Settings) -> Callable:
         start = time.perf_counter()
         served = ready(state)
         uploads = await read_uploads(request, settings.limits)
-        prepared = await run_in_threadpool(prepare_all, served, uploads, settings.limits)
+        prepared = await anyio.to_thread.run_sync(prepare_all, served, uploads, settings.limits,
+                                                  limiter=state.decoders)
         outputs = await run_batched(state.batcher, prepared, settings.limits, start)
         metrics.images.inc(len(outputs))
         return {"model": served.name, "task": served.task,
