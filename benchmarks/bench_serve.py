@@ -93,7 +93,7 @@ def offline_rate(checkpoint: Path, images: list[bytes], seconds: float, batch: i
 
     if threads:
         torch.set_num_threads(threads)
-    served = load_served(str(checkpoint), amp=None)
+    served = load_served(str(checkpoint))
     served.run([served.prepare(decode_upload(images[0], "x", served.channels, served.min_side, 10**8))])  # warm-up
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds or done == 0:
@@ -150,7 +150,7 @@ class InProcess:
 
         from resnet.serve.app import app_from_settings
 
-        settings = {"checkpoint": str(checkpoint), "device": "cpu", "protocol": "center", "amp": None,
+        settings = {"checkpoint": str(checkpoint), "device": "cpu", "protocol": "center", "engine": None,
                     "score_threshold": 0.5, "max_batch": int(options[1]),
                     "max_wait_ms": float(options[3]) if len(options) > 3 else 5.0, "max_queue": 256,
                     "max_bytes": 20_000_000, "max_pixels": 64_000_000, "max_images": 64, "timeout": 300, "token": None,

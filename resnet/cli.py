@@ -18,6 +18,7 @@ COMMANDS = {
     "summary": ("resnet.commands.summary", "print a network's Table 1 view: stages, parameters, multiply-adds"),
     "eval": ("resnet.commands.eval", "top-1/top-5 error of checkpoints (and their ensemble): center, 10-crop, multi-scale"),
     "predict": ("resnet.commands.predict", "top-5 classes and probabilities of image files"),
+    "explain": ("resnet.commands.explain", "Grad-CAM overlays: where a classifier looks for a class on each image"),
     "export": ("resnet.commands.export", "ONNX export (BN folded, dynamic batch), checked against ONNX Runtime"),
     "convert": ("resnet.commands.convert", "import torchvision or timm ResNet weights as a checkpoint"),
     "serve": ("resnet.commands.serve", "an HTTP API and web page for a trained network, with dynamic batching"),

@@ -20,8 +20,7 @@ from torch import nn
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 from resnet.data.folder import MAX_PIXELS, decode_image, image_files, open_checked
-from resnet.evaluate.preprocess import input_norm
-from resnet.evaluate.protocols import Protocol, checkpoint_protocol
+from resnet.inference.classifier import Classifier, torch_engine
 
 
 def gather_images(inputs: Sequence[str | Path]) -> list[Path]:
@@ -46,12 +45,6 @@ def read_image(path: str | Path, channels: int = 3, min_side: int | None = None,
     return pil_to_tensor(decode_image(path, min_side, "L" if channels == 1 else "RGB", max_pixels))
 
 
-def _top(probs: torch.Tensor, top: int, names: list | None) -> list[dict]:
-    values, indices = probs.topk(min(top, probs.numel()))
-    return [{"index": int(i), "class": str(names[i]) if names and i < len(names) else str(int(i)),
-             "probability": float(p)} for p, i in zip(values, indices)]
-
-
 def _check_headers(files: list[Path], min_side: int | None, max_pixels: int) -> tuple[list[Path], list[dict]]:
     """(files whose header reads and is not too large, [{image, error}] of the others), before any decoding work."""
     readable, skipped = [], []
@@ -66,45 +59,45 @@ def _check_headers(files: list[Path], min_side: int | None, max_pixels: int) -> 
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: Sequence[str | Path], top: int = 5, protocol: str = "center",
+def predict(classifier: Classifier | nn.Module, images: Sequence[str | Path], top: int = 5, protocol: str = "center",
             device: str = "cpu", batch_size: int = 32, max_pixels: int = MAX_PIXELS, amp: bool | None = None,
             skipped: list[dict] | None = None) -> list[dict]:
     """For each readable image file (or every image in a folder): its top classes as [{index, class, probability}].
 
-    Unreadable files (not an image, truncated, too large) are left out as `eval` leaves them out: appended to
-    `skipped` as {image, error} when it is a list, else warned about by name; a ValueError says so when no file
-    was readable. `amp=False` computes in exact fp32 (`--no-amp`); None uses the device's fast path.
+    `classifier` is a `resnet.inference.Classifier` (its engine and protocol decide; `protocol`, `device` and
+    `amp` are ignored), or a loaded torch network, wrapped in one with `protocol`, `device` and `amp` (False:
+    exact fp32, `--no-amp`; None: the device's fast path). Unreadable files (not an image, truncated, too large)
+    are left out as `eval` leaves them out: appended to `skipped` as {image, error} when it is a list, else
+    warned about by name; a ValueError says so when no file was readable.
     """
     import sys
 
     from resnet.evaluate.memory import batch_that_fits, views_bytes
 
-    meta = getattr(model, "meta", {}) or {}
-    if getattr(model, "input_mean", None) is None:
+    if isinstance(classifier, nn.Module):
+        classifier = Classifier(classifier, torch_engine(device, amp), device, protocol, amp)
+    if not classifier.has_mean:
         print("resnet predict: warning: the checkpoint has no input mean; using the image as it is", file=sys.stderr)
-    norm = input_norm(model).to(device)
-    chosen: Protocol = checkpoint_protocol(model, protocol)
-    names = meta.get("class_names") or meta.get("classes")
-    channels = model.conv1.in_channels
+    min_side = classifier.protocol.min_side
     files = gather_images(images)
-    readable, bad = _check_headers(files, chosen.min_side, max_pixels)
+    readable, bad = _check_headers(files, min_side, max_pixels)
     results: list[dict] = []
     pending: list[tuple[Path, object]] = []  # (file, its prepared views), scored `step` at a time
     step = batch_size
 
     def score_pending() -> None:
-        probs = probabilities(model, chosen, norm, [v for _, v in pending], device, amp)
-        results.extend({"image": str(path), "top": _top(p, top, names)} for (path, _), p in zip(pending, probs))
+        probs = classifier.probabilities([v for _, v in pending])
+        results.extend({"image": str(path), "top": classifier.top(p, top)} for (path, _), p in zip(pending, probs))
         pending.clear()
 
     for path in readable:
         try:
-            view = chosen.prepare(read_image(path, channels, chosen.min_side, max_pixels))
+            view = classifier.prepare(read_image(path, classifier.channels, min_side, max_pixels))
         except ValueError as error:  # the header was fine, the data are not (a truncated file)
             bad.append({"image": str(path), "error": str(error)})
             continue
         if not results and not pending:  # the first image: fewer per batch if a full batch would not fit in memory
-            step = batch_that_fits(batch_size, views_bytes(view), device)
+            step = batch_that_fits(batch_size, views_bytes(view), classifier.device)
         pending.append((path, view))
         if len(pending) == step:
             score_pending()
@@ -154,12 +147,3 @@ def write_predictions(results: list[dict], out: str | Path) -> Path:
     if out.suffix.lower() == ".csv":
         return atomic_write_text(out, predictions_csv(results))
     raise ValueError(f"--out {out}: give a .json or .csv file name")
-
-
-@torch.no_grad()
-def probabilities(model: nn.Module, chosen: Protocol, norm: nn.Module, views: Sequence, device: str = "cpu",
-                  amp: bool | None = None) -> torch.Tensor:
-    """Probabilities [N, K] on the CPU of N images' prepared views (`chosen.prepare`), as `predict` scores them:
-    shared with the server (resnet/serve), so both answer alike."""
-    batch = chosen.collate([(v, 0) for v in views])[0]
-    return chosen.scores(model, norm, batch, device, amp).cpu()

@@ -121,3 +121,53 @@ def test_reproduce_detection_reuses_backbones_resumes_and_refuses_another_budget
     with pytest.raises(ValueError, match="budget 0.002"):
         reproduce_detection("fashion-scenes", budget=0.5, out=out, data_dir=str(scenes), pretrained=suite,
                             device=TEST_DEVICE, progress=False)
+
+
+def test_detection_report_gives_mean_std_and_the_gain_against_its_spread():
+    from resnet.reproduce.detection import PAPER, format_report, summarise
+
+    ap = {("plain", 0): 0.20, ("resnet", 0): 0.30, ("plain", 1): 0.25, ("resnet", 1): 0.30,
+          ("plain", 2): 0.22, ("resnet", 2): 0.33}
+    results = [{"backbone": f"{k}20", "kind": k, "seed": s, "classification_test_error": 0.07, "box_AP": v,
+                "box_AP50": 2 * v} for (k, s), v in ap.items()]
+    summary, gains = summarise(results)
+    plain = np.array([0.20, 0.25, 0.22])
+    assert summary[0]["box_AP_mean"] == pytest.approx(plain.mean())
+    assert summary[0]["box_AP_std"] == pytest.approx(plain.std(ddof=1))
+    per_seed = np.array([0.30 / 0.20 - 1, 0.30 / 0.25 - 1, 0.33 / 0.22 - 1])
+    assert gains["box_AP"]["per_seed"] == pytest.approx(list(per_seed))
+    assert gains["box_AP"]["std"] == pytest.approx(per_seed.std(ddof=1))
+    assert gains["box_AP"]["residual_better"] == 3 and gains["box_AP"]["beyond_spread"]
+    mixed = [dict(r, box_AP=0.2 + 0.05 * (r["seed"] == 1) * (r["kind"] == "plain")) for r in results]
+    assert not summarise(mixed)[1]["box_AP"]["beyond_spread"]  # residual worse on seed 1: not a consistent gain
+    text = format_report({"data": "fashion-scenes", "budget": 1, "command": "c", "results": results,
+                          "summary": summary, "gains": gains, "paper": PAPER,
+                          "paper_relative_gain": {"coco_AP": 0.28, "coco_AP50": 0.17}})
+    assert "| plain20 | 3 | 7.00±0.00 | 22.3±2.5 |" in text
+    assert "box AP: +40% relative (±17% over 3 seeds; residual better in 3/3): larger than the seed-to-seed spread" in text
+
+
+def test_reproduce_detection_trains_each_seed_on_its_own_backbones(shapes, scenes, tmp_path):
+    from resnet.reproduce.detection import reproduce_detection
+
+    suite = tmp_path / "table6"
+    for model in ("plain20", "resnet20"):
+        for seed in (0, 1):
+            train(model, "fashion-mnist", data_dir=str(shapes), out=suite / f"{model}-s{seed}", model_options=TINY,
+                  recipe=get_recipe("paper-cifar", iters=2, batch_size=32, val_split=False, seed=seed,
+                                    device=TEST_DEVICE), progress=False)
+    out = tmp_path / "det"
+    report = reproduce_detection("fashion-scenes", budget=0.001, seeds=2, out=out, data_dir=str(scenes),
+                                 pretrained=suite, device=TEST_DEVICE, progress=False, command="test")
+    assert [(r["backbone"], r["seed"]) for r in report["results"]] == [
+        ("plain20", 0), ("resnet20", 0), ("plain20", 1), ("resnet20", 1)]
+    assert (out / "resnet20-detect" / "result.json").exists() and (out / "resnet20-detect-s1" / "result.json").exists()
+    seeds = [json.loads((out / d / "config.json").read_text())["recipe"]["seed"] for d in ("plain20-detect",
+                                                                                            "plain20-detect-s1")]
+    assert seeds == [0, 1]
+    assert [row["seeds"] for row in report["summary"]] == [2, 2]
+    resnet_ap = [r["box_AP"] for r in report["results"] if r["kind"] == "resnet"]
+    assert report["summary"][1]["box_AP_mean"] == pytest.approx(np.mean(resnet_ap))
+    with pytest.raises(FileNotFoundError, match="plain20 seed 2"):
+        reproduce_detection("fashion-scenes", budget=0.001, seeds=3, out=out, data_dir=str(scenes), pretrained=suite,
+                            device=TEST_DEVICE, progress=False)

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from resnet.cli import main
 from resnet.reproduce import reproduce
 from resnet.reproduce.experiments import plan, recipe_for
-from resnet.reproduce.report import aggregate
+from resnet.reproduce.report import aggregate, claims, depth_trend, format_claims
 from resnet.reproduce.suite import last_epoch_train_error
 
 BUDGET = 6 / 64_000  # 6 iterations of batch 128 (the lr drops scale with it)
@@ -52,6 +52,38 @@ def test_seeds_are_summarised_as_best_mean_std():
     assert row["paper_test_error"] == pytest.approx(0.0875)  # Table 6
     assert row["difference"] == pytest.approx(errors.mean() - 0.0875)
     assert aggregate(runs, "fashion-mnist")[0]["paper_test_error"] is None  # no invented paper number
+
+
+def _runs(kind: str, errors: dict[int, list[float]]) -> list[dict]:
+    """Results of `kind` nets: {depth: [test error of seed 0, seed 1, ...]}, training error 1 point lower."""
+    return [{"label": f"{kind}{d}", "model": f"{kind}{d}", "kind": kind, "depth": d, "seed": s, "test_error": e,
+             "train_error": e - 0.01} for d, per_seed in errors.items() for s, e in enumerate(per_seed)]
+
+
+def test_depth_trend_holds_on_every_seed_on_the_mean_or_not():
+    rising = _runs("plain", {20: [0.10, 0.11], 32: [0.12, 0.13], 56: [0.15, 0.14]})
+    assert depth_trend(rising, "plain", "rises", "test_error")["holds"] == "every seed"
+    assert depth_trend(rising, "plain", "falls", "test_error")["holds"] == "no"
+    # seed 1 rises from 32 to 56 (0.10 -> 0.105) but the mean still falls (0.095 -> 0.0925)
+    mixed = _runs("resnet", {20: [0.10, 0.11], 32: [0.09, 0.10], 56: [0.08, 0.105]})
+    trend = depth_trend(mixed, "resnet", "falls", "test_error")
+    assert trend["holds"] == "mean" and trend["exceptions"] == ["seed 1 resnet32 -> resnet56"]
+    assert trend["depths"] == [20, 32, 56] and trend["seeds"] == 2
+    broken = _runs("resnet", {20: [0.10, 0.10], 56: [0.09, 0.09], 110: [0.095, 0.092]})
+    trend = depth_trend(broken, "resnet", "falls", "test_error")
+    assert trend["holds"] == "no"
+    assert trend["exceptions"][0] == "mean resnet56 -> resnet110: 9.00 -> 9.35"
+    assert depth_trend(_runs("plain", {20: [0.1]}), "plain", "rises", "test_error")["holds"] == "n/a"
+
+
+def test_claims_cover_both_statements_on_training_and_test_error():
+    found = claims(_runs("plain", {20: [0.10], 56: [0.20]}) + _runs("resnet", {20: [0.10], 56: [0.12]}))
+    assert [(c["kind"], c["metric"], c["holds"]) for c in found] == [
+        ("plain", "train_error", "every seed"), ("plain", "test_error", "every seed"),
+        ("resnet", "train_error", "no"), ("resnet", "test_error", "no")]
+    text = format_claims(found)
+    assert "plain nets: error rises with depth (the degradation problem), test error: **holds on every seed**" in text
+    assert "not at: mean resnet20 -> resnet56: 10.00 -> 12.00" in text
 
 
 def test_training_error_is_over_the_last_epoch():

@@ -24,7 +24,7 @@ from resnet.serve.app import Settings, app_from_settings, create_app
 from resnet.serve.limits import Limits
 from resnet.serve.model import Served, held_out
 
-OPTIONS = dict(device="cpu", protocol="center", amp=False, score_threshold=0.5, max_batch=8, max_wait_ms=5,
+OPTIONS = dict(device="cpu", protocol="center", engine="torch-fp32", score_threshold=0.5, max_batch=8, max_wait_ms=5,
                max_queue=64, max_bytes=1_000_000, max_pixels=1_000_000, max_images=4, timeout=20, token=None)
 
 
@@ -63,6 +63,7 @@ def predict_json(capsys, checkpoint, paths, top=10):
 def assert_same(served: list[dict], expected: list[dict]) -> None:
     assert len(served) == len(expected)
     for s, e in zip(served, expected):
+        assert s["engine"] == e["engine"]
         assert [t["class"] for t in s["top"]][:1] == [t["class"] for t in e["top"]][:1]
         assert [t["index"] for t in s["top"]] == [t["index"] for t in e["top"]]
         assert [t["probability"] for t in s["top"]] == pytest.approx([t["probability"] for t in e["top"]], abs=1e-5)
@@ -80,6 +81,25 @@ def test_answers_equal_resnet_predict(client, checkpoint, images, capsys):
     raw = client.post("/v1/predict?top_k=10", content=images[0].read_bytes(), headers={"content-type": "image/png"})
     assert_same(raw.json()["predictions"], expected[:1])
     assert len(client.post("/v1/predict?top_k=2", files=files[:1]).json()["predictions"][0]["top"]) == 2
+
+
+def test_an_onnx_file_is_served_as_resnet_predict_runs_it(checkpoint, images, tmp_path, capsys):
+    """`resnet export` writes the file; ONNX Runtime runs it with the preprocessing from its metadata, in the server
+    as in `resnet predict` (the same resnet.inference classifier)."""
+    onnx = tmp_path / "fashion.onnx"
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(onnx)]) == 0
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(onnx), *map(str, images[:3]), "--json", "--top", "10"]) == 0
+    expected = json.loads(capsys.readouterr().out)
+    assert {e["engine"] for e in expected} == {"onnxruntime-fp32"}
+    client = ready_client(app_from_settings({**OPTIONS, "checkpoint": str(onnx), "engine": "auto"}, load_now=True))
+    files = [("file", (p.name, p.read_bytes(), "image/png")) for p in images[:3]]
+    body = client.post("/v1/predict?top_k=10", files=files).json()
+    assert_same(body["predictions"], expected)
+    card = client.get("/v1/model").json()
+    assert card["input"]["engine"] == "onnxruntime-fp32" and card["classes"][0] == "T-shirt/top"
+    assert card["input"]["image_size"] == 28 and card["input"]["channels"] == 1
+    client.__exit__(None, None, None)
 
 
 def test_model_card_health_metrics(client):
@@ -349,7 +369,7 @@ def test_a_real_server_under_concurrent_requests_then_sigterm(checkpoint, images
     while the server goes on, and SIGTERM lets a request in flight finish before the process exits."""
     expected = predict_json(capsys, checkpoint, images)
     process, url = start_server(checkpoint, "--max-batch", "64", "--max-wait-ms", "600", "--timeout", "2.5",
-                                "--no-amp", "--grace", "10")
+                                "--engine", "torch-fp32", "--grace", "10")
     try:
         def ask(i):
             path = images[i % len(images)]
@@ -485,7 +505,7 @@ def test_the_serving_page_commands_parse():
     for line in lines:
         argv = shlex.split(line)[1:]
         build_parser(argv).parse_args(argv)
-    options = set(re.findall(r"`(--[a-z-]+)", page)) - {"--json", "--no-amp"}
+    options = set(re.findall(r"`(--[a-z-]+[a-z0-9]*)", page)) - {"--json", "--int8"}  # predict's and export's
     serve = build_parser(["serve"])._subparsers._group_actions[0].choices["serve"]
     known = {o for action in serve._actions for o in action.option_strings}
     assert options <= known, options - known
@@ -494,7 +514,7 @@ def test_the_serving_page_commands_parse():
 @pytest.mark.slow
 def test_workers_processes_answer_on_one_port_and_sum_their_metrics(checkpoint, images, capsys):
     expected = predict_json(capsys, checkpoint, images[:1])
-    process, url = start_server(checkpoint, "--workers", "2", "--no-amp", wait=180)
+    process, url = start_server(checkpoint, "--workers", "2", "--engine", "torch-fp32", wait=180)
     try:
         for _ in range(4):
             r = httpx.post(url + "/v1/predict?top_k=10", content=images[0].read_bytes(),

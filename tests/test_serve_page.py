@@ -19,7 +19,7 @@ from resnet.serve.app import app_from_settings
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 pytestmark = pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
                                 reason="Debian's chromium and chromium-driver are not installed")
-OPTIONS = dict(device="cpu", protocol="center", amp=False, score_threshold=0.0, max_batch=8, max_wait_ms=5,
+OPTIONS = dict(device="cpu", protocol="center", engine="torch-fp32", score_threshold=0.0, max_batch=8, max_wait_ms=5,
                max_queue=64, max_bytes=1_000_000, max_pixels=1_000_000, max_images=4, timeout=20, token=None)
 
 

@@ -19,7 +19,8 @@ from resnet.evaluate.protocols import PAPER_SCALES, PROTOCOLS
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", action="append", required=True, metavar="PATH",
-                   help="a .safetensors checkpoint or a run directory; repeat for an ensemble")
+                   help="a .safetensors checkpoint, a run directory or an .onnx file from `resnet export` (fp32 or "
+                        "int8: run in ONNX Runtime with the file's own preprocessing); repeat for an ensemble")
     p.add_argument("--data", required=True, metavar="NAME",
                    help="dataset: cifar10, cifar100, fashion-mnist, imagenet, folder, synthetic; for a detector "
                         "fashion-scenes or coco (a COCO-format folder as --data-dir)")
@@ -41,6 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help="data-loading processes (default: cores - 1, at most 8)")
     p.add_argument("--limit", type=int, metavar="N", help="a seeded, class-balanced sample of N images")
     p.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
+    p.add_argument("--confusion", metavar="FILE.png",
+                   help="draw the confusion matrix with the class names (the ensemble's for several checkpoints)")
     p.add_argument("--download", action="store_true", help="download the dataset if it is missing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -56,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from resnet.atomic import atomic_write_text
     from resnet.device import resolve_device
     from resnet.evaluate.runner import evaluate_checkpoints, format_results
+    from resnet.inference import load_network
 
     if args.scales and args.protocol != "multiscale":
         raise ValueError("--scales applies to --protocol multiscale only")
@@ -63,14 +67,24 @@ def run(args: argparse.Namespace) -> int:
         if args.protocol not in ("center", args.tta):
             raise ValueError(f"--tta {args.tta}: --protocol {args.protocol} has its own views (use --protocol center)")
         args.protocol = args.tta
+    if args.confusion and not args.confusion.lower().endswith(".png"):
+        raise ValueError(f"--confusion {args.confusion}: give a .png file name")
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         raise ValueError("--batch-size and --limit must be positive")
     resolve_device(args.device)
     result = evaluate_checkpoints(args.checkpoint, args.data, data_dir=args.data_dir, split=args.split,
                                   protocol=args.protocol, scales=args.scales, batch_size=args.batch_size,
                                   device=args.device, limit=args.limit, num_workers=args.workers,
-                                  progress=not args.no_progress, download=args.download, which=args.which)
+                                  progress=not args.no_progress, download=args.download, which=args.which,
+                                  load=load_network)
     print(format_results(result))
+    if args.confusion:
+        from resnet.evaluate.confusion import plot_confusion
+
+        scored = result.get("ensemble") or result["members"][0]
+        title = f"{scored.get('checkpoint') or 'ensemble'}: {result['data']} {result['split']} ({result['protocol']})"
+        plot_confusion(scored["confusion"], result["classes"], args.confusion, title)
+        print(f"wrote {args.confusion}")
     if args.json:
         atomic_write_text(args.json, strictjson.dumps(result, indent=2))
         print(f"wrote {args.json}")

@@ -15,10 +15,18 @@ from pathlib import Path
 from resnet.data.folder import MAX_PIXELS
 from resnet.evaluate.protocols import PROTOCOLS
 
+ENGINES = ("auto", "torch-fp32", "torch-bf16", "onnxruntime")  # resnet.inference.ENGINES (not imported: fast --help)
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format PIL reads) or folders of them")
-    p.add_argument("--checkpoint", required=True, metavar="PATH", help="a .safetensors checkpoint or a run directory")
+    p.add_argument("--checkpoint", required=True, metavar="PATH",
+                   help="a .safetensors checkpoint, a run directory, a `resnet weights` name, or an .onnx file "
+                        "written by `resnet export` (fp32 or --int8; runs in ONNX Runtime)")
+    p.add_argument("--engine", choices=ENGINES, default="auto",
+                   help="what computes the scores: auto (default: ONNX Runtime for an .onnx file; for a checkpoint "
+                        "torch, in bf16 autocast + channels_last on CPUs with native bf16), torch-fp32, torch-bf16, "
+                        "onnxruntime (.onnx files)")
     p.add_argument("--top", type=int, default=5, help="how many classes to show (default: 5)")
     p.add_argument("--protocol", default="center", choices=PROTOCOLS, help="test protocol (default: center)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
@@ -43,8 +51,8 @@ def run(args: argparse.Namespace) -> int:
 
         return predict_detections(args)
     from resnet import strictjson
-    from resnet.checkpoint import load_model
     from resnet.device import resolve_device
+    from resnet.inference import load_classifier
     from resnet.predict import format_predictions, predict, write_predictions
 
     for option in ("top", "batch_size", "max_pixels"):
@@ -53,10 +61,19 @@ def run(args: argparse.Namespace) -> int:
     if args.out and Path(args.out).suffix.lower() not in (".json", ".csv"):
         raise ValueError(f"--out {args.out}: give a .json or .csv file name")
     resolve_device(args.device)
-    model = load_model(args.checkpoint, args.device)
+    engine = args.engine
+    if args.amp is not None:
+        if engine not in ("auto", "torch-bf16" if args.amp else "torch-fp32"):
+            raise ValueError(f"--{'' if args.amp else 'no-'}amp contradicts --engine {engine}")
+        engine = "torch-bf16" if args.amp else "torch-fp32"
+    classifier = load_classifier(args.checkpoint, args.device, engine, protocol=args.protocol)
+    if args.engine != "auto" or sys.stderr.isatty():  # stderr stays the skipped files' lines when piped
+        print(f"resnet predict: engine {classifier.engine}", file=sys.stderr)
     skipped: list[dict] = []
-    results = predict(model, args.images, args.top, args.protocol, args.device, args.batch_size, args.max_pixels,
-                      amp=args.amp, skipped=skipped)
+    results = predict(classifier, args.images, args.top, batch_size=args.batch_size, max_pixels=args.max_pixels,
+                      skipped=skipped)
+    if args.json:
+        results = [{**r, "engine": classifier.engine} for r in results]
     print(strictjson.dumps(results, indent=2) if args.json else format_predictions(results))
     for item in skipped:  # each line names the file and why (stderr: stdout stays the predictions)
         print(f"resnet predict: skipped {item['error']}", file=sys.stderr)

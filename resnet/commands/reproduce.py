@@ -18,6 +18,7 @@ Examples:
   resnet reproduce shortcuts --data cifar10 --seeds 3 --jobs 3
   resnet reproduce fig7 --data cifar10 --out runs/table6-cifar10
   resnet reproduce detection --data fashion-scenes             # run `resnet data fashion-scenes` first
+  resnet reproduce detection --data fashion-scenes --seeds 3   # mean±std of AP, the gain against its spread
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="depths to run (6n+2: 20, 32, 44, 56, 110, 1202; default: the experiment's)")
     p.add_argument("--budget", type=positive_float, default=1.0,
                    help="fraction of the paper's 64k iterations, lr drops scaled with it (default: 1, the paper)")
-    p.add_argument("--seeds", type=positive_int, default=1, help="runs per net; the report gives best (mean±std) (default: 1)")
+    p.add_argument("--seeds", type=positive_int, default=1, help="runs per net (detection: per backbone, each seed with its own pretraining); the report "
+                        "gives mean±std (default: 1)")
     p.add_argument("--jobs", type=positive_int,
                    help="runs trained at once in separate processes (default: 1 on the CPU, 4 on a GPU)")
     p.add_argument("--out", help="suite folder (default: runs/EXPERIMENT-DATA)")
@@ -87,8 +89,8 @@ def run(args: argparse.Namespace) -> int:
             if args.depths and len(args.depths) > 1:
                 raise ValueError("--depths: the detection experiment compares one depth (plain vs residual)")
             reproduce_detection(data, budget=args.budget, depth=args.depths[0] if args.depths else None,
-                                masks=masks, out=args.out, device=args.device, data_dir=args.data_dir,
-                                pretrained=pretrained, progress=args.progress, command=command)
+                                masks=masks, seeds=args.seeds, out=args.out, device=args.device,
+                                data_dir=args.data_dir, pretrained=pretrained, progress=args.progress, command=command)
             return 0
         reproduce(args.experiment, data, depths=args.depths, budget=args.budget, seeds=args.seeds,
                   jobs=args.jobs, out=args.out, device=args.device, data_dir=args.data_dir,

@@ -2,13 +2,15 @@
 /v1/model (the model card), GET /health, GET /metrics (Prometheus) and a web page at /.
 
 Anything `resnet predict` takes: a run directory, a .safetensors checkpoint, a `resnet weights` name, a
-detector run. Images arriving together run as one batch (at most --max-batch, after waiting at most
---max-wait-ms) in a worker thread. Safe by default: binds 127.0.0.1; with --token (or $RESNET_SERVE_TOKEN) every
-route but /health and the static page needs `Authorization: Bearer TOKEN`; every limit answers with a JSON body
-naming its option. SIGTERM/SIGINT: stop accepting, finish the requests in flight (at most --grace seconds), exit.
+detector run, an .onnx file from `resnet export` (ONNX Runtime, fp32 or int8). Images arriving together run as
+one batch (at most --max-batch, after waiting at most --max-wait-ms) in a worker thread. Safe by default: binds
+127.0.0.1; with --token (or $RESNET_SERVE_TOKEN) every route but /health and the static page needs
+`Authorization: Bearer TOKEN`; every limit answers with a JSON body naming its option. SIGTERM/SIGINT: stop
+accepting, finish the requests in flight (at most --grace seconds), exit.
 
 Examples:
   resnet serve --checkpoint runs/r20
+  resnet serve --checkpoint r20-int8.onnx
   resnet serve --checkpoint runs/r20 --host 0.0.0.0 --port 8080 --token "$(cat token.txt)" --workers 2
   curl -F file=@shirt.png http://127.0.0.1:8000/v1/predict"""
 
@@ -22,13 +24,15 @@ import sys
 
 from resnet.data.folder import MAX_PIXELS
 from resnet.evaluate.protocols import PROTOCOLS
+from resnet.inference.classifier import ENGINES
 
 SETTINGS_ENV = "RESNET_SERVE_SETTINGS"  # the options, as JSON, for the processes of --workers N
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, metavar="PATH",
-                   help="a run directory, a .safetensors checkpoint, a `resnet weights` name or a detector run")
+                   help="a run directory, a .safetensors checkpoint, a `resnet weights` name, a detector run, or an "
+                        ".onnx file written by `resnet export` (fp32 or --int8; runs in ONNX Runtime)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument("--workers", type=int, default=1, help="processes, each with its own copy of the model (default: 1)")
@@ -38,8 +42,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
     p.add_argument("--protocol", default="center", choices=PROTOCOLS,
                    help="classifiers' test protocol (default: center)")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="mixed precision, as `resnet predict` (default: the device's fast path); --no-amp: exact fp32")
+    p.add_argument("--engine", choices=ENGINES, default="auto",
+                   help="what computes classifiers' scores, as `resnet predict`: auto (default: ONNX Runtime for an "
+                        ".onnx file; torch with the device's fast path for a checkpoint), torch-fp32, torch-bf16, "
+                        "onnxruntime")
     p.add_argument("--score-threshold", type=float, default=0.5, help="detectors: the lowest score (default: 0.5)")
     p.add_argument("--max-batch", type=int, default=32, help="images per forward pass (default: 32; 1: no batching)")
     p.add_argument("--max-wait-ms", type=float, default=5.0,
@@ -59,7 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def settings_of(args: argparse.Namespace) -> dict:
     """The options the server processes need, as a JSON-able dict."""
-    keys = ("checkpoint", "device", "protocol", "amp", "score_threshold", "max_batch", "max_wait_ms", "max_queue",
+    keys = ("checkpoint", "device", "protocol", "engine", "score_threshold", "max_batch", "max_wait_ms", "max_queue",
             "max_bytes", "max_pixels", "max_images", "timeout", "threads")
     return {k: getattr(args, k) for k in keys} | {"token": args.token or os.environ.get("RESNET_SERVE_TOKEN")}
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -13,6 +13,7 @@ from tqdm import tqdm
 from resnet import precision
 from resnet.data.folder import Unreadable
 from resnet.data.loaders import default_workers, ignore_stop_signals
+from resnet.evaluate.confusion import MAX_TABLE_CLASSES
 from resnet.evaluate.ensemble import ensemble_scores
 from resnet.evaluate.metrics import ErrorMeter
 from resnet.evaluate.preprocess import InputNorm, input_norm
@@ -41,7 +42,8 @@ def evaluate_models(models: Sequence[nn.Module], norms: Sequence[InputNorm], dat
     """
     device = torch.device(device)
     layout = torch.channels_last if precision.channels_last(device, None) else torch.contiguous_format
-    models = [m.to(device, memory_format=layout).eval() for m in models]
+    # networks that are not torch modules (resnet.inference.OnnxNet) run where they are, in their own precision
+    models = [m.to(device, memory_format=layout).eval() if isinstance(m, nn.Module) else m for m in models]
     norms = [n.to(device) for n in norms]
     batch_size = _batch_that_fits(dataset, batch_size, device)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
@@ -58,7 +60,7 @@ def evaluate_models(models: Sequence[nn.Module], norms: Sequence[InputNorm], dat
         if views is None:
             continue
         labels = torch.as_tensor(labels).to(device)
-        member_probs = [protocol.scores(m, n, views, device) for m, n in zip(models, norms)]
+        member_probs = [protocol.scores(m, n, views, device, getattr(m, "amp", None)) for m, n in zip(models, norms)]
         for meter, probs in zip(meters, member_probs):
             meter.update(probs, labels)
         ensemble.update(ensemble_scores(member_probs), labels)
@@ -92,10 +94,10 @@ def _batch_that_fits(dataset, batch_size: int, device: torch.device) -> int:
 
 def check_compatible(model: nn.Module, source: str, num_classes: int, channels: int) -> None:
     """A clear error when a checkpoint's classifier or input channels do not fit the data."""
-    out = model.fc.out_features if hasattr(model, "fc") else None
+    out = model.fc.out_features if hasattr(model, "fc") else getattr(model, "num_classes", None)
     if out is not None and out != num_classes:
         raise ValueError(f"{source}: the network has {out} classes but the data has {num_classes}")
-    in_channels = model.conv1.in_channels if hasattr(model, "conv1") else None
+    in_channels = model.conv1.in_channels if hasattr(model, "conv1") else getattr(model, "in_channels", None)
     if in_channels is not None and in_channels != channels:
         raise ValueError(f"{source}: the network takes {in_channels}-channel images but the data has {channels}")
 
@@ -135,13 +137,15 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], data: str, *, data_d
                          split: str = "test", protocol: str = "center", scales: Sequence[int] | None = None,
                          batch_size: int = 64, device: str = "cpu", limit: int | None = None,
                          num_workers: int | None = None, progress: bool = True, download: bool = False,
-                         data_options: dict | None = None, which: str = "last") -> dict:
+                         data_options: dict | None = None, which: str = "last", load: Callable | None = None) -> dict:
     """`resnet eval`: load the checkpoints and the split, then evaluate them alone and as an ensemble.
 
     A run directory gives its final weights (`which="last"`) or `checkpoints/best` (`which="best"`: selected on
     the held-out split, so scoring it there is optimistic). Images get the first checkpoint's own test
     preprocessing (its style, image size and resize); `limit` evaluates a seeded, class-balanced sample of that
-    many images. The result names the split as it is (see `resolve_split`).
+    many images. The result names the split as it is (see `resolve_split`). `load(path, device, which)` reads a
+    network (default `resnet.checkpoint.load_model`; `resnet eval` passes `resnet.inference.load_network`, which
+    also reads ONNX files).
     """
     from resnet.data import dataset_info, get_dataset
     from resnet.data.datasets import TREES
@@ -152,7 +156,7 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], data: str, *, data_d
     if which not in ("best", "last"):
         raise ValueError(f"invalid --which {which!r}; choose best or last")
     split, split_options = resolve_split(data, split, run_config(checkpoints[0]))
-    models = [load_model(path, device, which) for path in checkpoints]
+    models = [(load or load_model)(path, device, which) for path in checkpoints]
     options = dict(data_options or {})
     info = dataset_info(data, data_dir, download=download, **options)
     chosen = checkpoint_protocol(models[0], protocol, scales, info.style)
@@ -175,6 +179,10 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], data: str, *, data_d
     result = evaluate_models(models, norms, dataset, chosen, batch_size=batch_size, device=device,
                              num_workers=workers, progress=progress)
     result.update({"data": data, "split": split, "scales": list(getattr(chosen, "scales", ())) or None})
+    for member in [*result["members"], *([result["ensemble"]] if "ensemble" in result else [])]:
+        for row in member["per_class"]:
+            row["class"] = str(info.classes[row["index"]]) if row["index"] < len(info.classes) else row["class"]
+    result["classes"] = [str(c) for c in info.classes]
     for path, model, member in zip(checkpoints, models, result["members"]):
         member.update({"checkpoint": str(path), "model": model.meta.get("model")})
         if Path(path).is_dir():  # which weights of the run were scored
@@ -204,6 +212,12 @@ def format_results(result: dict) -> str:
     title = f"{result.get('data', '')} {result.get('split', '')} ({result['protocol']})".strip()
     lines = [title, fmt.format(*header), fmt.format(*("-" * w for w in widths))]
     lines += [fmt.format(*row) for row in body]
+    scored = result.get("ensemble") or result["members"][0]
+    if scored.get("per_class") and len(scored["per_class"]) <= MAX_TABLE_CLASSES:
+        from resnet.evaluate.confusion import format_per_class
+
+        lines += ["", f"per class ({'ensemble' if 'ensemble' in result else rows[0][0]}):",
+                  format_per_class(scored["per_class"])]
     skipped = result.get("skipped") or []
     if skipped:
         lines.append(f"skipped {len(skipped)} unreadable image(s): " + ", ".join(s["image"] for s in skipped))

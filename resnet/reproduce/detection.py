@@ -10,6 +10,8 @@ ones; another budget is refused. The report puts box (and mask) AP of both besid
 
 from __future__ import annotations
 
+import dataclasses
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,17 +58,20 @@ def _stage(run_dir: Path, start, resume) -> dict:
 
 
 def reproduce_detection(data: str = "fashion-scenes", *, budget: float = 1.0, depth: int | None = None,
-                        masks: bool = False, out: str | Path | None = None, device: str = "auto",
+                        masks: bool = False, seeds: int = 1, out: str | Path | None = None, device: str = "auto",
                         data_dir: str | None = None, pretrained: str | Path | None = None,
                         progress: bool | None = None, command: str = "") -> dict:
     """Pretrain (or reuse) plain and residual backbones, train a C4 detector on each, and report both.
 
-    `pretrained`: a table6 suite folder whose `{plain,resnet}{depth}-s0` runs are used as the backbones.
+    Each seed pretrains its own pair of backbones and trains its own detectors (both stages seeded), so the
+    spread over seeds is the whole pipeline's. `pretrained`: a folder whose runs are reused as the backbones,
+    seed by seed: a table6 suite (`{plain,resnet}{depth}-s{seed}`) or another detection suite (its
+    `-classify` runs, e.g. the box suite's for the `--masks` suite).
     """
-    from resnet.detection.train import train_detector
     from resnet.reproduce.suite import check_suite
-    from resnet.train.loop import train
 
+    if seeds < 1:
+        raise ValueError(f"invalid --seeds {seeds}; must be at least 1")
     if data == "fashion-scenes" and data_dir is None:  # generated offline once (kept when already there)
         from resnet.detection.scenes import make_fashion_scenes
 
@@ -75,27 +80,66 @@ def reproduce_detection(data: str = "fashion-scenes", *, budget: float = 1.0, de
     pretrain, detect = recipes(budget, device, b)
     out = Path(out or f"runs/detection-{data}")
     check_suite(out, data, budget, detect)
-    print(f"detection on {data}: plain{b.depth} and resnet{b.depth} backbones, {pretrain.iters} classification and "
-          f"{detect.iters} detection iterations each (budget {budget}) -> {out}")
-    results = []
-    for kind in ("plain", "resnet"):
-        model = f"{kind}{b.depth}"
-        backbone = Path(pretrained) / f"{model}-s0" if pretrained else out / f"{model}-classify"
-        if not pretrained:
-            classify = _stage(backbone, lambda d: train(model, "fashion-mnist", recipe=pretrain, out=d,
-                                                        progress=progress),
-                              lambda d: train(resume=d, progress=progress))
-        else:
-            classify = read_metrics(backbone / "metrics.jsonl")[-1]
-        detect_dir = out / f"{model}-detect{'-masks' if masks else ''}"
-        row = _stage(detect_dir, lambda d: train_detector(model, data, head="c4", masks=masks, backbone_weights=backbone,
-                                                          recipe=detect, out=d, data_dir=data_dir, progress=progress),
-                     lambda d: train_detector(resume=d, progress=progress))
-        results.append({"backbone": model, "kind": kind, "classification_test_error": classify["test_top1_error"],
-                        **{k[4:]: v for k, v in row.items() if k.startswith("val_") and k != "val_images"},
-                        "detection_seconds": row["wall_time"], "iterations": row["step"]})
-        write_report(out, data, budget, results, command)
+    print(f"detection on {data}: plain{b.depth} and resnet{b.depth} backbones x {seeds} seed(s), {pretrain.iters} "
+          f"classification and {detect.iters} detection iterations each (budget {budget}) -> {out}")
+    results: list[dict] = []
+    for seed in range(seeds):
+        for kind in ("plain", "resnet"):
+            stage = Stage(f"{kind}{b.depth}", seed, dataclasses.replace(pretrain, seed=seed),
+                          dataclasses.replace(detect, seed=seed))
+            results.append(_train_pair(stage, kind, out, data, masks, data_dir, pretrained, progress))
+            write_report(out, data, budget, results, command)
     return write_report(out, data, budget, results, command)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One backbone of one seed: its model name and the two recipes, seeded."""
+
+    model: str
+    seed: int
+    pretrain: Recipe
+    detect: Recipe
+
+    @property
+    def suffix(self) -> str:  # seed 0 keeps the names of suites from before --seeds, so they resume as they are
+        return f"-s{self.seed}" if self.seed else ""
+
+
+def backbone_run(pretrained: Path, model: str, seed: int) -> Path:
+    """The run reused as `model`'s backbone for `seed`: a table6 run, else a detection suite's classify run."""
+    candidates = [pretrained / f"{model}-s{seed}", pretrained / f"{model}-classify{f'-s{seed}' if seed else ''}"]
+    for run in candidates:
+        if (run / "metrics.jsonl").exists():
+            return run
+    raise FileNotFoundError(f"--pretrained {pretrained}: no finished backbone run for {model} seed {seed} "
+                            f"(looked for {candidates[0].name} and {candidates[1].name})")
+
+
+def _train_pair(stage: Stage, kind: str, out: Path, data: str, masks: bool, data_dir: str | None,
+                pretrained: str | Path | None, progress: bool | None) -> dict:
+    """Classification pretraining (or the reused backbone), then detection training: the report's row."""
+    from resnet.detection.train import train_detector
+    from resnet.train.loop import train
+
+    model = stage.model
+    if pretrained:
+        backbone = backbone_run(Path(pretrained), model, stage.seed)
+        classify = read_metrics(backbone / "metrics.jsonl")[-1]
+    else:
+        backbone = out / f"{model}-classify{stage.suffix}"
+        classify = _stage(backbone, lambda d: train(model, "fashion-mnist", recipe=stage.pretrain, out=d,
+                                                    progress=progress),
+                          lambda d: train(resume=d, progress=progress))
+    detect_dir = out / f"{model}-detect{'-masks' if masks else ''}{stage.suffix}"
+    row = _stage(detect_dir, lambda d: train_detector(model, data, head="c4", masks=masks, backbone_weights=backbone,
+                                                      recipe=stage.detect, out=d, data_dir=data_dir,
+                                                      progress=progress),
+                 lambda d: train_detector(resume=d, progress=progress))
+    return {"backbone": model, "kind": kind, "seed": stage.seed,
+            "classification_test_error": classify["test_top1_error"],
+            **{k[4:]: v for k, v in row.items() if k.startswith("val_") and k != "val_images"},
+            "detection_seconds": row["wall_time"], "iterations": row["step"]}
 
 
 def relative_gain(plain: float | None, residual: float | None) -> float | None:
@@ -106,36 +150,87 @@ def percent(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{100 * value:.{digits}f}"
 
 
-def write_report(out: Path, data: str, budget: float, results: list[dict], command: str) -> dict:
-    """report.json and report.md: box (and mask) AP of both backbones, the relative gain, the paper's."""
-    by = {r["kind"]: r for r in results}
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarise(results: list[dict]) -> tuple[list[dict], dict]:
+    """(per backbone: mean and std over seeds of each AP and the classification error; per AP metric: the
+    residual backbone's relative gain over the plain one of the same seed, its mean, std and sign count)."""
+    metrics = [k for k in ("box_AP", "box_AP50", "box_AP75", "mask_AP", "mask_AP50", "mask_AP75")
+               if any(r.get(k) is not None for r in results)]
+    summary = []
+    for kind in ("plain", "resnet"):
+        runs = [r for r in results if r["kind"] == kind]
+        if not runs:
+            continue
+        row = {"backbone": runs[0]["backbone"], "kind": kind, "seeds": len(runs)}
+        for key in ("classification_test_error", *metrics):
+            values = [r[key] for r in runs if r.get(key) is not None]
+            if values:
+                row[f"{key}_mean"], row[f"{key}_std"] = _mean_std(values)
+        summary.append(row)
+    by = {(r["kind"], r.get("seed", 0)): r for r in results}
+    paired = sorted(seed for kind, seed in by if kind == "plain" and ("resnet", seed) in by)
     gains = {}
-    if len(by) == 2:
-        gains = {k: relative_gain(by["plain"][k], by["resnet"][k]) for k in by["plain"] if k.endswith(("AP", "AP50"))}
+    for key in metrics:
+        per_seed = [relative_gain(by["plain", s].get(key), by["resnet", s].get(key)) for s in paired]
+        per_seed = [g for g in per_seed if g is not None]
+        if per_seed:
+            mean, std = _mean_std(per_seed)
+            gains[key] = {"mean": mean, "std": std, "per_seed": per_seed, "residual_better": sum(g > 0 for g in per_seed),
+                          "beyond_spread": len(per_seed) > 1 and abs(mean) > std and len(set(g > 0 for g in per_seed)) == 1}
+    return summary, gains
+
+
+def _mean_gains(results: list[dict], gains: dict) -> dict:
+    """The mean relative gain of each AP metric of the report (None where it is undefined: a plain AP of 0)."""
+    if {r["kind"] for r in results} != {"plain", "resnet"}:
+        return {}
+    keys = {k for r in results for k in r if k.endswith(("AP", "AP50", "AP75"))}
+    return {k: gains[k]["mean"] if k in gains else None for k in sorted(keys)}
+
+
+def write_report(out: Path, data: str, budget: float, results: list[dict], command: str) -> dict:
+    """report.json and report.md: box (and mask) AP of both backbones per seed, mean±std, the relative gain with
+    its spread over seeds, and the paper's gain."""
+    summary, gains = summarise(results)
     paper_gain = {"coco_AP": PAPER["ResNet-101"]["coco_AP"] / PAPER["VGG-16"]["coco_AP"] - 1,
                   "coco_AP50": PAPER["ResNet-101"]["coco_AP50"] / PAPER["VGG-16"]["coco_AP50"] - 1}
     report = {"experiment": "detection", "data": data, "budget": budget, "command": command, "results": results,
-              "relative_gain": gains, "paper": PAPER, "paper_relative_gain": paper_gain}
+              "summary": summary, "gains": gains, "relative_gain": _mean_gains(results, gains),
+              "paper": PAPER, "paper_relative_gain": paper_gain}
     atomic_write_text(out / "report.json", strictjson.dumps(report, indent=2))
     atomic_write_text(out / "report.md", format_report(report))
     return report
 
 
+def _pm(mean: float | None, std: float | None, seeds: int, digits: int = 1) -> str:
+    if mean is None:
+        return "-"
+    return percent(mean, digits) + (f"±{percent(std, digits)}" if seeds > 1 else "")
+
+
 def format_report(report: dict) -> str:
-    masks = any("mask_AP" in r for r in report["results"])
-    head = "| backbone | classification test err % | box AP | box AP50 | box AP75 |" + (" mask AP |" if masks else "")
+    results, seeds = report["results"], max((r.get("seed", 0) for r in report["results"]), default=0) + 1
+    keys = [k for k in ("box_AP", "box_AP50", "box_AP75", "mask_AP") if any(k in r for r in results)]
+    head = "| backbone | seed | classification test err % | " + " | ".join(k.replace("_", " ") for k in keys) + " |"
     lines = [f"# Detection on {report['data']} (budget {report['budget']})", "", f"`{report['command']}`", "",
              head, "|" + "---|" * (head.count("|") - 1)]
-    for r in report["results"]:
-        cells = [r["backbone"], percent(r["classification_test_error"], 2),
-                 *(percent(r.get(k)) for k in ("box_AP", "box_AP50", "box_AP75"))]
-        if masks:
-            cells.append(percent(r.get("mask_AP")))
+    for r in results:
+        cells = [r["backbone"], str(r.get("seed", 0)), percent(r["classification_test_error"], 2),
+                 *(percent(r.get(k)) for k in keys)]
         lines.append("| " + " | ".join(cells) + " |")
-    gains = report["relative_gain"]
-    if gains and None not in (gains["box_AP"], gains["box_AP50"]):
-        lines += ["", f"Residual over plain: box AP {100 * gains['box_AP']:+.0f}% relative, AP50 "
-                      f"{100 * gains['box_AP50']:+.0f}% relative."]
+    if seeds > 1:
+        lines += ["", "Mean ± std over seeds (sample std):", "", head.replace(" seed |", " seeds |"),
+                  "|" + "---|" * (head.count("|") - 1)]
+        for row in report.get("summary", []):
+            cells = [row["backbone"], str(row["seeds"]),
+                     _pm(row.get("classification_test_error_mean"), row.get("classification_test_error_std"),
+                         row["seeds"], 2),
+                     *(_pm(row.get(f"{k}_mean"), row.get(f"{k}_std"), row["seeds"]) for k in keys)]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", *_gain_lines(report.get("gains", {}), keys)]
     paper = report["paper"]
     lines += ["", "The paper (Faster R-CNN on COCO val, Table 8): VGG-16 "
               f"{paper['VGG-16']['coco_AP']} AP / {paper['VGG-16']['coco_AP50']} AP50, ResNet-101 "
@@ -144,3 +239,18 @@ def format_report(report: dict) -> str:
               f"{100 * report['paper_relative_gain']['coco_AP50']:+.0f}% relative. "
               "(There the backbones differ in depth too; here only the shortcuts differ.)", ""]
     return "\n".join(lines)
+
+
+def _gain_lines(gains: dict, keys: list[str]) -> list[str]:
+    """Residual over plain per AP metric: the relative gain (mean ± std of the per-seed gains) and whether it is
+    larger than that spread (same sign in every seed and |mean| above one std)."""
+    lines = []
+    for key in (k for k in keys if k in gains):
+        g, n = gains[key], len(gains[key]["per_seed"])
+        text = f"- Residual over plain, {key.replace('_', ' ')}: {100 * g['mean']:+.0f}% relative"
+        if n > 1:
+            verdict = "larger than the seed-to-seed spread" if g["beyond_spread"] else "within the seed-to-seed spread"
+            text += (f" (±{100 * g['std']:.0f}% over {n} seeds; residual better in {g['residual_better']}/{n}): "
+                     f"{verdict}")
+        lines.append(text + ".")
+    return lines

@@ -225,7 +225,7 @@ def app_from_settings(options: dict, load_now: bool = False) -> Callable:
     def loader() -> Served:
         if options.get("threads"):
             torch.set_num_threads(options["threads"])
-        return load_served(options["checkpoint"], options["device"], options["protocol"], options["amp"],
+        return load_served(options["checkpoint"], options["device"], options["protocol"], options.get("engine"),
                            options["score_threshold"])
 
     if load_now:

@@ -1,57 +1,20 @@
 """The served network: a classifier or a detector behind one small interface, answering as `resnet predict`.
 
-Classifiers go through the functions `resnet predict` uses (the checkpoint's test protocol's `prepare`, the
-shared `resnet.predict.probabilities`, the same top-k formatting), detectors through
-`resnet.detection.predict.detect`, so a served answer equals `resnet predict --json` on the same file.
-`Classifier` has the interface of `resnet.inference`'s classifiers (name, classes, channels, engine, meta,
-prepare, probabilities, top), so the server does not care which engine runs the net.
+Classifiers are `resnet.inference` classifiers, as `resnet predict` loads them (a checkpoint in torch, an ONNX file
+written by `resnet export` in ONNX Runtime, fp32 or int8): the same `prepare`, `probabilities` and `top`.
+Detectors go through `resnet.detection.predict.detect`, the function `resnet predict` calls for each image. So a
+served answer equals `resnet predict --json` on the same file.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from resnet.data.folder import MAX_PIXELS
-
-
-class Classifier:
-    """A classification checkpoint with its own test preprocessing (the PyTorch engine)."""
-
-    engine = "torch"
-
-    def __init__(self, model: nn.Module, protocol: str = "center", device: str = "cpu",
-                 amp: bool | None = None) -> None:
-        from resnet.evaluate.preprocess import input_norm
-        from resnet.evaluate.protocols import checkpoint_protocol
-
-        self.model, self.device, self.amp = model, device, amp
-        self.meta: dict = getattr(model, "meta", {}) or {}
-        self.name = str(self.meta.get("model") or getattr(model, "name", "network"))
-        self.classes = [str(c) for c in (self.meta.get("class_names") or self.meta.get("classes") or [])]
-        self.channels = model.conv1.in_channels
-        self.protocol = checkpoint_protocol(model, protocol)
-        self.norm = input_norm(model).to(device)
-
-    def prepare(self, image: torch.Tensor) -> torch.Tensor:
-        """The views of one decoded uint8 CHW image under the checkpoint's test protocol."""
-        return self.protocol.prepare(image)
-
-    def probabilities(self, views: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Probabilities [N, classes] of N images' prepared views (the same code as `resnet predict`)."""
-        from resnet.predict import probabilities
-
-        return probabilities(self.model, self.protocol, self.norm, views, self.device, self.amp)
-
-    def top(self, probs: torch.Tensor, k: int) -> list[dict]:
-        """The k most probable classes of one row, as `resnet predict --json` writes them."""
-        from resnet.predict import _top
-
-        return _top(probs, k, self.classes or None)
 
 
 class Served:
@@ -75,15 +38,19 @@ class Served:
     def input_card(self) -> dict:
         raise NotImplementedError
 
+    def recorded(self, source: str) -> dict:
+        """The held-out error or AP the run recorded ({} when none)."""
+        return held_out(source)
+
 
 class ServedClassifier(Served):
     task = "classification"
 
-    def __init__(self, classifier: Classifier) -> None:
+    def __init__(self, classifier) -> None:  # a resnet.inference.Classifier
         self.classifier = classifier
         self.name, self.channels = classifier.name, classifier.channels
-        self.min_side = getattr(getattr(classifier, "protocol", None), "min_side", None)
-        self.classes = classifier.classes
+        self.min_side = classifier.protocol.min_side
+        self.classes = classifier.classes or []
         self.meta = classifier.meta
 
     def prepare(self, image: torch.Tensor) -> object:
@@ -93,14 +60,19 @@ class ServedClassifier(Served):
         return list(self.classifier.probabilities(batch))
 
     def answer(self, output: object, image: str, top_k: int) -> dict:
-        return {"image": image, "top": self.classifier.top(output, top_k)}
+        return {"image": image, "top": self.classifier.top(output, top_k), "engine": self.classifier.engine}
+
+    def recorded(self, source: str) -> dict:
+        """resnet.inference's record: the run's last held-out errors, and an int8 file's quantization check."""
+        return {**self.meta.get("recorded", {}), **({"quantization": self.meta["quantization"]}
+                                                      if self.meta.get("quantization") else {})}
 
     def input_card(self) -> dict:
         meta = self.meta
         size = meta.get("image_size")
         return {"channels": self.channels, "image_size": size[-1] if isinstance(size, (list, tuple)) else size,
                 "style": meta.get("style"), "resize": meta.get("resize_size"), "engine": self.classifier.engine,
-                "protocol": getattr(getattr(self.classifier, "protocol", None), "name", None),
+                "protocol": self.classifier.protocol.name,
                 "normalisation": "per-pixel mean subtracted" + (", divided by std" if meta.get("input_std") else "")}
 
 
@@ -135,22 +107,24 @@ class ServedDetector(Served):
                 "normalisation": "the detector's own (torchvision GeneralizedRCNNTransform)"}
 
 
-def load_served(source: str, device: str = "cpu", protocol: str = "center", amp: bool | None = None,
+def load_served(source: str, device: str = "cpu", protocol: str = "center", engine: str | None = None,
                 score_threshold: float = 0.5) -> Served:
-    """The network `resnet predict --checkpoint source` would use, ready to serve."""
+    """The network `resnet predict --checkpoint source` would use, ready to serve (`engine`: resnet.inference's)."""
     from resnet.detection import is_detector_checkpoint
 
     if is_detector_checkpoint(source):
         from resnet.detection.models import load_detector
 
+        if engine not in (None, "auto", "torch", "torch-fp32"):
+            raise ValueError(f"--engine {engine}: detectors run in torch (fp32)")
         return ServedDetector(load_detector(source, device), device, score_threshold)
-    from resnet.checkpoint import load_model
+    from resnet.inference import load_classifier
 
-    return ServedClassifier(Classifier(load_model(source, device), protocol, device, amp))
+    return ServedClassifier(load_classifier(source, device, engine, protocol=protocol))
 
 
 def held_out(source: str) -> dict:
-    """The run's last recorded held-out metrics (keys of the val/test splits ending in error, AP or AP50) when
+    """A detector run's last recorded held-out metrics (keys of the val/test splits ending in error, AP or AP50) when
     `source` is a run directory or a checkpoint inside one (a folder with config.json and metrics.jsonl); {}
     otherwise (a lone checkpoint file, a published weights name)."""
     path = Path(source)
@@ -180,5 +154,5 @@ def held_out(source: str) -> dict:
 def model_card(served: Served, source: str, max_pixels: int = MAX_PIXELS) -> dict:
     """GET /v1/model: name, task, classes, input and preprocessing, source checkpoint, held-out metrics."""
     return {"name": served.name, "task": served.task, "classes": list(served.classes), "input": served.input_card(),
-            "max_pixels": max_pixels, "source": str(source), "held_out": held_out(source),
+            "max_pixels": max_pixels, "source": str(source), "held_out": served.recorded(source),
             "dataset": served.meta.get("dataset") or served.meta.get("data")}

@@ -17,7 +17,7 @@ from resnet import precision
 from resnet.data.batch_augment import BatchMix, low_resolution, random_erase
 from resnet.data.datasets import describe_input
 from resnet.data.loaders import TTA_VIEWS, TensorLoader, build_loader, tta_view
-from resnet.evaluate.metrics import topk_errors
+from resnet.evaluate.metrics import confusion_counts, topk_errors
 from resnet.models import create_model
 from resnet.train import distributed, finetune
 from resnet.train.curves import plot_curves
@@ -124,15 +124,23 @@ def class_scores(model: nn.Module, x: torch.Tensor, autocast: Callable, tta: str
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device, autocast, tta: str = "none",
-             offset: torch.Tensor | None = None) -> dict:
-    """Loss, top-1 and top-5 error over a loader (summed over all processes)."""
+             offset: torch.Tensor | None = None, confusion: list | None = None) -> dict:
+    """Loss, top-1 and top-5 error over a loader (summed over all processes); the confusion matrix (true class x
+    top-1 prediction, a list of rows) is appended to `confusion` when it is a list."""
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top1 wrong, top5 wrong, count
+    counts = None
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        totals += _batch_stats(class_scores(model, x, autocast, tta, offset), y)
+        scores = class_scores(model, x, autocast, tta, offset)
+        totals += _batch_stats(scores, y)
+        if confusion is not None:
+            batch = confusion_counts(scores, y, scores.shape[1])
+            counts = batch if counts is None else counts + batch
     model.train()
     loss, wrong1, wrong5, n = distributed.all_reduce_sum(totals).tolist()
+    if confusion is not None and counts is not None:
+        confusion.append(distributed.all_reduce_sum(counts.double()).long().tolist())
     return {"loss": loss / n, "top1_error": wrong1 / n, "top5_error": wrong5 / n, "images": int(n)}
 
 
@@ -225,11 +233,34 @@ class ClassificationTask:
         return loss, stats
 
     def evaluate(self, model: nn.Module, final: bool, autocast: Callable) -> dict:
+        """The held-out errors; the final evaluation also keeps each split's confusion matrix for `write_final`."""
         row = {}
+        self.final_confusion = {}
         for key, loader in (self.final_loaders if final else self.eval_loaders).items():
-            result = evaluate(model, loader, self.device, autocast, self.recipe.tta, self.offset)
+            confusion: list | None = [] if final else None
+            result = evaluate(model, loader, self.device, autocast, self.recipe.tta, self.offset, confusion)
             row.update({f"{key}_{k}": v for k, v in result.items()})
+            if confusion:
+                self.final_confusion[key] = confusion[0]
         return row
+
+    def write_final(self, run_dir: Path) -> None:
+        """After the final evaluation: per_class.json (each held-out split's per-class error, precision, recall and
+        confusion matrix) and confusion.png (the test split's, else val's) in the run directory."""
+        from resnet import strictjson
+        from resnet.atomic import atomic_write_text
+        from resnet.evaluate.confusion import plot_confusion
+        from resnet.evaluate.metrics import per_class
+
+        if not getattr(self, "final_confusion", None):
+            return
+        names = [str(c) for c in self.info.classes]
+        record = {key: {"per_class": per_class(matrix, names), "confusion": matrix, "classes": names,
+                        "tta": self.recipe.tta} for key, matrix in self.final_confusion.items()}
+        atomic_write_text(Path(run_dir) / "per_class.json", strictjson.dumps(record, indent=2))
+        key = "test" if "test" in record else next(iter(record))
+        plot_confusion(record[key]["confusion"], names, Path(run_dir) / "confusion.png",
+                       f"{self.model_name} on {self.data} {key} (final evaluation)")
 
     def selection_error(self, row: dict) -> float:
         return row.get("val_top1_error", row.get("test_top1_error"))

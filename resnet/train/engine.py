@@ -279,6 +279,8 @@ class Trainer:
         s.reset_window()
         if self.dist.is_main:
             self.write_row(row)
+            if s.step == self.total_steps and hasattr(task, "write_final"):  # per-class errors, confusion matrix
+                task.write_final(self.run_dir)
         self.save_checkpoint(best=is_best)
         return row
 
