@@ -21,10 +21,12 @@ import ipaddress
 import json
 import os
 import sys
+import tempfile
 
 from resnet.data.folder import MAX_PIXELS
 from resnet.evaluate.protocols import PROTOCOLS
 from resnet.inference.classifier import ENGINES
+from resnet.serve import check_installed
 
 SETTINGS_ENV = "RESNET_SERVE_SETTINGS"  # the options, as JSON, for the processes of --workers N
 
@@ -80,10 +82,8 @@ def is_loopback(host: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from resnet.serve import check_installed
-
     check_installed()
-    import uvicorn  # lazy: `resnet --help` stays fast
+    import uvicorn  # lazy (as the package below): `resnet --help` stays fast and a missing package is one line
 
     from resnet.serve.app import app_from_settings
 
@@ -102,8 +102,6 @@ def run(args: argparse.Namespace) -> int:
         app = app_from_settings(settings, load_now=True)  # a bad checkpoint fails here, in one line
         uvicorn.Server(uvicorn.Config(app, **common)).run()
         return 0
-    import tempfile
-
     app_from_settings(settings, load_now=True)  # fail in one line before starting the processes
     os.environ[SETTINGS_ENV] = json.dumps(settings)
     with tempfile.TemporaryDirectory(prefix="resnet-serve-metrics-") as metrics_dir:

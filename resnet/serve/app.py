@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import os
 import time
 from collections.abc import Callable
@@ -30,7 +31,8 @@ from resnet.errors import one_line
 from resnet.serve.batching import Batcher, QueueFull
 from resnet.serve.limits import BodyLimit, LimitError, Limits, decode_upload
 from resnet.serve.metrics import Metrics, Recorder
-from resnet.serve.model import Served, model_card
+from resnet.serve.model import Served, load_served, model_card
+from resnet.serve.page import PAGE
 
 TOKEN_ENV = "RESNET_SERVE_TOKEN"
 
@@ -84,8 +86,6 @@ async def load(state: State, settings: Settings, loader: Callable[[], Served], m
 
 def create_app(loader: Callable[[], Served], settings: Settings) -> Callable:
     """The ASGI application: FastAPI routes inside the body-size limit and the metrics recorder."""
-    from resnet.serve.page import PAGE
-
     state, metrics = State(), Metrics()
 
     @asynccontextmanager
@@ -215,8 +215,6 @@ async def run_batched(batcher: Batcher, prepared: list, limits: Limits, start: f
 def app_from_settings(options: dict, load_now: bool = False) -> Callable:
     """The app for `resnet serve`'s options (resnet/commands/serve.py `settings_of`); `load_now` loads the network
     before returning (a bad checkpoint fails at once, in one line) instead of in the background."""
-    from resnet.serve.model import load_served
-
     limits = Limits(max_bytes=options["max_bytes"], max_pixels=options["max_pixels"],
                     max_images=options["max_images"], max_queue=options["max_queue"], timeout=options["timeout"])
     settings = Settings(source=options["checkpoint"], max_batch=options["max_batch"],
@@ -236,7 +234,4 @@ def app_from_settings(options: dict, load_now: bool = False) -> Callable:
 
 def app_from_environment() -> Callable:
     """The app of one `--workers N` process: the options from $RESNET_SERVE_SETTINGS (uvicorn's factory)."""
-    import json
-    import os
-
     return app_from_settings(json.loads(os.environ["RESNET_SERVE_SETTINGS"]))

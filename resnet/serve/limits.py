@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from resnet.data.folder import DECODE_ERRORS, MAX_PIXELS
+from resnet.predict import read_image
 
 MAX_BYTES = 20_000_000
 MAX_IMAGES = 64
@@ -90,8 +91,6 @@ def check_header(data: bytes, label: str, max_pixels: int) -> None:
 def decode_upload(data: bytes, label: str, channels: int, min_side: int | None, max_pixels: int) -> torch.Tensor:
     """A uint8 CHW tensor of an uploaded image, decoded as `resnet predict` decodes files (resnet.predict.read_image),
     or a LimitError: 413 too many pixels, 415 not an image, 422 empty or truncated."""
-    from resnet.predict import read_image
-
     check_header(data, label, max_pixels)
     try:
         return read_image(NamedUpload(data, label), channels, min_side, max_pixels)

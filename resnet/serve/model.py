@@ -15,6 +15,10 @@ import torch
 from torch import nn
 
 from resnet.data.folder import MAX_PIXELS
+from resnet.detection import is_detector_checkpoint
+from resnet.detection.models import load_detector
+from resnet.detection.predict import detect
+from resnet.inference import load_classifier
 
 
 class Served:
@@ -92,8 +96,6 @@ class ServedDetector(Served):
     def run(self, batch: list) -> list:
         """One image at a time, as `resnet predict` runs them: batched detectors pad images to a common size,
         which would move boxes near the padded edges."""
-        from resnet.detection.predict import detect
-
         return [detect(self.model, image, "", device=self.device, score_threshold=self.score_threshold)
                 for image in batch]
 
@@ -110,16 +112,10 @@ class ServedDetector(Served):
 def load_served(source: str, device: str = "cpu", protocol: str = "center", engine: str | None = None,
                 score_threshold: float = 0.5) -> Served:
     """The network `resnet predict --checkpoint source` would use, ready to serve (`engine`: resnet.inference's)."""
-    from resnet.detection import is_detector_checkpoint
-
     if is_detector_checkpoint(source):
-        from resnet.detection.models import load_detector
-
         if engine not in (None, "auto", "torch", "torch-fp32"):
             raise ValueError(f"--engine {engine}: detectors run in torch (fp32)")
         return ServedDetector(load_detector(source, device), device, score_threshold)
-    from resnet.inference import load_classifier
-
     return ServedClassifier(load_classifier(source, device, engine, protocol=protocol))
 
 
