@@ -21,6 +21,7 @@ COMMANDS = {
     "explain": ("resnet.commands.explain", "Grad-CAM overlays: where a classifier looks for a class on each image"),
     "export": ("resnet.commands.export", "ONNX export (BN folded, dynamic batch), checked against ONNX Runtime"),
     "convert": ("resnet.commands.convert", "import torchvision or timm ResNet weights as a checkpoint"),
+    "serve": ("resnet.commands.serve", "an HTTP API and web page for a trained network, with dynamic batching"),
     "weights": ("resnet.commands.weights", "list pretrained ImageNet weights by name (source, top-1, cached)"),
     "analyze": ("resnet.commands.analyze", "analyses of trained nets: layer responses (Fig. 7)"),
     "train": ("resnet.commands.train", "train a network with the paper's recipes"),

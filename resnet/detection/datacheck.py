@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from resnet.data.folder import ORIENTATION, open_checked
+from resnet.data.folder import MAX_PIXELS, ORIENTATION, open_checked
 from resnet.errors import one_line
 
 GRAYSCALE_MODES = ("1", "L", "LA", "I", "F")  # and I;16*: read as one channel
@@ -119,8 +119,6 @@ def file_problems(images: list[dict], folder: Path, max_pixels: int) -> tuple[li
 def check_split(data: dict, annotation_file: Path, folder: Path, *, masks: bool = False,
                 max_pixels: int | None = None) -> SplitFacts:
     """Every bad entry of a split, named in one ValueError (FileNotFoundError when all are missing files)."""
-    from resnet.data.folder import MAX_PIXELS
-
     problems = duplicates(data)
     if masks:
         problems += mask_problems(data)

@@ -33,30 +33,10 @@ def predict_detections(model: nn.Module, images: Sequence[str | Path], *, device
 
     `keep_masks` also keeps the soft masks as tensors under "_masks" (for drawing; not JSON).
     """
-    names = model.meta["class_names"]
-    ids = model.meta.get("category_ids") or list(range(1, len(names) + 1))
     channels = model.spec["net_options"].get("in_channels", 3)
     model.eval()
-    results = []
-    for path in gather_images(images):
-        image = read_image(path, channels, max_pixels=max_pixels)
-        output = model([image.float().div(255).to(device)])[0]
-        keep = output["scores"] >= score_threshold
-        output = {k: v[keep].cpu() for k, v in output.items()}
-        rles = encode_masks(output["masks"]) if "masks" in output else [None] * len(output["scores"])
-        detections = []
-        for box, label, score, rle in zip(output["boxes"].tolist(), output["labels"].tolist(),
-                                          output["scores"].tolist(), rles):
-            entry = {"box": [round(v, 2) for v in box], "category_id": int(ids[label - 1]),
-                     "class": str(names[label - 1]), "score": round(float(score), 5)}
-            if rle is not None:
-                entry["mask"] = rle
-            detections.append(entry)
-        result = {"image": str(path), "detections": detections}
-        if keep_masks:
-            result["_image"], result["_masks"] = image, output.get("masks")
-        results.append(result)
-    return results
+    return [detect(model, read_image(path, channels, max_pixels=max_pixels), str(path), device=device,
+                   score_threshold=score_threshold, keep_masks=keep_masks) for path in gather_images(images)]
 
 
 def public(results: list[dict]) -> list[dict]:
@@ -113,3 +93,28 @@ def draw_detections(results: list[dict], folder: str | Path) -> list[Path]:
         pixels = canvas.permute(1, 2, 0).numpy()
         written.append(atomic_write(path, lambda tmp, rgb=pixels: Image.fromarray(rgb).save(tmp, format="PNG")))
     return written
+
+
+@torch.no_grad()
+def detect(model: nn.Module, image: torch.Tensor, name: str, *, device: str = "cpu", score_threshold: float = 0.5,
+           keep_masks: bool = False) -> dict:
+    """The detections of one decoded uint8 CHW image as {"image": name, "detections": [...]}: the one path of
+    `predict_detections` and of the server (resnet/serve), so both answer alike."""
+    names = model.meta["class_names"]
+    ids = model.meta.get("category_ids") or list(range(1, len(names) + 1))  # the dataset's own category ids
+    output = model([image.float().div(255).to(device)])[0]
+    keep = output["scores"] >= score_threshold
+    output = {k: v[keep].cpu() for k, v in output.items()}
+    rles = encode_masks(output["masks"]) if "masks" in output else [None] * len(output["scores"])
+    detections = []
+    for box, label, score, rle in zip(output["boxes"].tolist(), output["labels"].tolist(),
+                                      output["scores"].tolist(), rles):
+        entry = {"box": [round(v, 2) for v in box], "category_id": int(ids[label - 1]),
+                 "class": str(names[label - 1]), "score": round(float(score), 5)}
+        if rle is not None:
+            entry["mask"] = rle
+        detections.append(entry)
+    result = {"image": name, "detections": detections}
+    if keep_masks:
+        result["_image"], result["_masks"] = image, output.get("masks")
+    return result

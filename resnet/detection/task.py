@@ -16,6 +16,7 @@ from torch import nn
 from resnet.atomic import atomic_write
 from resnet.data.folder import MAX_PIXELS
 from resnet.detection.coco import build_detection_data
+from resnet.detection.datacheck import MAX_SIZE, MIN_SIZE
 from resnet.detection.evaluate import evaluate_detector
 from resnet.detection.models import create_detector, detection_loss
 from resnet.train import distributed, finetune
@@ -33,8 +34,6 @@ FEW_OBJECTS = {"box_batch_size_per_image": 64, "rpn_batch_size_per_image": 128, 
 def input_sizes(info, min_size: int | None, max_size: int | None) -> tuple[int, int]:
     """The detector's (min_size, max_size): the ones given, else the data's (`DetectionDataInfo`); a max_size
     below min_size is raised to it, a non-positive one refused."""
-    from resnet.detection.datacheck import MAX_SIZE, MIN_SIZE
-
     for name, value in (("--min-size", min_size), ("--max-size", max_size)):
         if value is not None and value < 1:
             raise ValueError(f"{name} {value}: give a positive number of pixels")
