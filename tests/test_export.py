@@ -95,8 +95,8 @@ def test_export_command(tmp_path, capsys):
 
 
 def readme_onnx_example() -> str:
-    """The README's onnxruntime example, as a user would copy it."""
-    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    """The docs' onnxruntime example (docs/using-a-trained-net.md), as a user would copy it."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "using-a-trained-net.md").read_text()
     [code] = [block for block in re.findall(r"```python\n(.*?)```", text, re.S) if "onnxruntime" in block]
     return code
 

@@ -1,5 +1,9 @@
-"""The README runs as written: its Python blocks execute, each command line parses, and every command line that can
-work offline is run (small budgets, on small data this file writes); the others are named with their reason.
+"""The README and the docs run as written: their Python blocks execute and compute what they say, each command line
+parses, and every command line that can work offline is run (small budgets, on small data this file writes) and
+leaves what it should (a checkpoint, a report, an ONNX file that loads, the images it was given in its output); the
+others are named with their reason. The pages are README.md and docs/*.md (PAGES; not docs/notes/, dated lab notes
+whose commands record what was run then); a command is a line of an indented or fenced code block that starts a
+`resnet` command, so moving a command between pages keeps it tested.
 
 How a README line becomes a run (`prepare`), as general rules rather than a list of today's lines:
 
@@ -35,8 +39,11 @@ from PIL import Image
 
 from resnet.cli import build_parser, main
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights"  # akamaster's files (issue 22)
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]  # docs/notes/ is not searched (glob is not recursive)
+# akamaster's files (issue 22); RESNET_SHARED_WEIGHTS names the folder in a worktree that is not beside shared/
+SHARED_WEIGHTS = Path(os.environ.get("RESNET_SHARED_WEIGHTS", ROOT.parent / "shared" / "weights"))
 
 # A README command line that cannot work offline: a pattern (re.search on the line) and why. Every line that is
 # not run must match exactly one, and a line that is run none (test_every_command_is_run_or_has_one_reason).
@@ -68,20 +75,39 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 # ----------------------------------------------------------------------------- the README's lines
 
 
-def python_blocks() -> list[str]:
-    """The Python blocks, but the onnxruntime example: tests/test_export.py runs it on files it writes."""
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    return [b for b in blocks if "onnxruntime" not in b]
+def fenced_blocks(text: str, language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)
 
 
-def command_lines() -> list[str]:
-    """Every indented or fenced line that starts a `resnet` command, or runs one under torchrun or `python -m`
+def python_blocks(page: Path = README) -> list[str]:
+    """A page's Python blocks, but the onnxruntime example: tests/test_export.py runs it on files it writes."""
+    return [b for b in fenced_blocks(page.read_text(), "python") if "onnxruntime" not in b]
+
+
+def code_lines(text: str) -> list[str]:
+    """The lines of a page's indented (4 spaces) and fenced code blocks, Python blocks left out."""
+    found, fence = [], None
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            fence = None if fence is not None else line.strip()[3:]
+            continue
+        if (fence is not None and fence != "python") or (fence is None and line.startswith("    ")):
+            found.append(line.strip())
+    return found
+
+
+def page_commands(page: Path) -> list[str]:
+    """Every code line of a page that starts a `resnet` command, or runs one under torchrun or `python -m`
     (continuation lines joined, comments dropped)."""
-    text = README.read_text().replace("\\\n", " ")
-    lines = [line.strip() for line in text.splitlines()]
+    lines = code_lines(page.read_text().replace("\\\n", " "))
     starts = ("resnet ", "torchrun ", "python -m resnet ")
     return [" ".join(line.split("  #")[0].split()) for line in lines
             if line.startswith(starts) and (line.startswith("resnet ") or " -m resnet " in f" {line} ")]
+
+
+def command_lines() -> list[str]:
+    """The command lines of every page, in page order (a line may repeat across pages)."""
+    return [line for page in PAGES for line in page_commands(page)]
 
 
 def resnet_argv(line: str) -> list[str]:
@@ -101,8 +127,21 @@ def offline_lines() -> list[str]:
     return list(dict.fromkeys(line for line in command_lines() if not reasons(line)))
 
 
-def test_readme_has_python_and_commands():
-    assert python_blocks() and len(command_lines()) >= 8
+def test_pages_have_python_and_commands():
+    assert python_blocks() and len(page_commands(README)) >= 7
+    jobs = {"training.md": "train", "own-images.md": "train", "detection.md": "train", "reproducing.md": "reproduce",
+            "using-a-trained-net.md": "eval", "getting-started.md": "data"}
+    for name, command in jobs.items():  # each job's page shows its commands, run by the tests below
+        assert any(resnet_argv(line)[0] == command for line in page_commands(ROOT / "docs" / name)), name
+
+
+def test_prose_holds_no_unchecked_command():
+    """A `resnet` command at the start of a prose line is a code line that lost its indentation: it would not be
+    tested."""
+    for page in PAGES:
+        code = set(code_lines(page.read_text()))
+        prose = [line for line in page.read_text().splitlines() if line.startswith("resnet ") and line not in code]
+        assert not prose, f"{page.name}: indent these commands (4 spaces) so the tests run them: {prose}"
 
 
 @pytest.mark.parametrize("line", command_lines())
@@ -121,14 +160,64 @@ def test_every_command_is_run_or_has_one_reason():
     assert len(run) >= len(command_lines()) // 2  # most of the README runs here
 
 
-def test_readme_python_runs(tiny_fashion, tmp_path, monkeypatch):
-    """Run on the tiny Fashion-MNIST in $RESNET_DATA, in an empty working directory."""
+def run_block(block: str, page: Path, tiny_fashion: Path, tmp_path: Path, monkeypatch, capsys) -> tuple[dict, str]:
+    """Run a page's Python block on the tiny Fashion-MNIST in $RESNET_DATA, in an empty working directory; its
+    variables and what it printed."""
     home = tmp_path / "data"
-    shutil.copytree(tiny_fashion, home / "fashion-mnist")
+    if not home.exists():
+        shutil.copytree(tiny_fashion, home / "fashion-mnist")
     monkeypatch.setenv("RESNET_DATA", str(home))
     monkeypatch.chdir(tmp_path)
-    for block in python_blocks():
-        exec(compile(block, "README.md", "exec"), {"__name__": "__readme__"})
+    namespace = {"__name__": "__readme__"}
+    capsys.readouterr()
+    exec(compile(block, page.name, "exec"), namespace)
+    return namespace, capsys.readouterr().out
+
+
+def test_readme_python_computes_what_it_says(tiny_fashion, tmp_path, monkeypatch, capsys):
+    """The README's block: the stage outputs of ResNet-50 at the paper's sizes, the list of nets, a finished run
+    and the net loaded from it with the weights it saved."""
+    from safetensors.torch import load_file
+
+    import resnet
+
+    [block] = python_blocks()
+    names, printed = run_block(block, README, tiny_fashion, tmp_path, monkeypatch, capsys)
+    shapes = {name: tuple(f.shape) for name, f in names["features"].items()}
+    assert shapes == {"conv2_x": (1, 256, 56, 56), "conv3_x": (1, 512, 28, 28), "conv4_x": (1, 1024, 14, 14),
+                      "conv5_x": (1, 2048, 7, 7)}  # Table 1: output sizes and widths (bottleneck x4)
+    assert all(name in printed for name in ("resnet56", "resnet1202", "plain110", "resnet152"))
+    run = tmp_path / "runs" / "r20"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert names["last"]["step"] == rows[-1]["step"] and names["last"] == {**rows[-1], **names["last"]}
+    assert 0 <= names["last"]["test_top1_error"] <= 1 and names["last"]["test_images"] == 128  # all test images
+    model = names["model"]
+    assert not model.training and model.meta["model"] == "resnet20" and isinstance(model, resnet.models.ResNet)
+    saved = load_file(run / "checkpoints" / "last.safetensors")
+    weights = model.state_dict()
+    assert all(torch.equal(weights[k], saved[k]) for k in weights if k in saved) and "fc.weight" in saved
+
+
+# What each docs page's Python block prints (a regular expression), checked when the block runs; a new block needs
+# an entry, so that it is checked for what it computes and not only for running.
+DOCS_PYTHON_PRINTS = {
+    "training.md": r"^test error \d+\.\d\d% after \d+ steps$",
+    "own-images.md": r"^64 0\.01 10 10\.0$",  # the finetune recipe: batch, lr, epochs, the classifier's lr factor
+    "detection.md": r"^\['boxes', 'labels', 'masks', 'scores'\]$",
+    "using-a-trained-net.md": r"^torch\.Size\(\[1, 1000\]\)$",
+    "reproducing.md": r"^$",  # an import and a commented call
+}
+
+
+def docs_blocks() -> list[tuple[str, str]]:
+    return [(page.name, block) for page in PAGES[1:] for block in python_blocks(page)]
+
+
+@pytest.mark.parametrize("name,block", docs_blocks(), ids=[name for name, _ in docs_blocks()])
+def test_docs_python_prints_what_it_says(name, block, tiny_fashion, tmp_path, monkeypatch, capsys):
+    assert name in DOCS_PYTHON_PRINTS, f"docs/{name}: a new Python block; say what it prints in DOCS_PYTHON_PRINTS"
+    _, printed = run_block(block, ROOT / "docs" / name, tiny_fashion, tmp_path, monkeypatch, capsys)
+    assert re.search(DOCS_PYTHON_PRINTS[name], printed.strip(), flags=re.M), f"docs/{name} printed {printed!r}"
 
 
 # ----------------------------------------------------------------------------- artefacts, made once
@@ -399,30 +488,99 @@ class Line:
 
     # what the run left ------------------------------------------------------------------------------------
     def check(self, cwd: Path, output: str) -> None:
+        """What the command must have written or printed, checked against what this test knows independently."""
+        checks = {"train": self.check_train, "reproduce": self.check_reproduce, "data": self.check_data,
+                  "eval": self.check_eval, "predict": self.check_predict, "export": self.check_export,
+                  "convert": self.check_convert, "summary": self.check_summary, "analyze": self.check_analyze,
+                  "weights": self.check_weights}
+        assert self.command in checks, f"{self.line}: say in Line.check what this command must leave"
+        checks[self.command](cwd, output)
+
+    def check_train(self, cwd: Path, output: str) -> None:
         a = self.args
-        out = getattr(a, "out", None)
-        if self.command == "train":
-            run = Path(a.resume or out or next((cwd / "runs").iterdir()))
-            assert (run / "checkpoints" / "last.safetensors").exists()
-            config = json.loads((run / "config.json").read_text())
-            if a.init:  # the run records the weights it started from
-                assert config["init"]["given"] == a.init
-            if a.resume:  # the stopped run went on to its last step
-                rows = (run / "metrics.jsonl").read_text().splitlines()
-                assert json.loads(rows[-1])["step"] == config["recipe"]["iters"]
-        elif self.command == "reproduce":
-            assert (Path(out) / "report.md").is_file() if out else next(cwd.rglob("report.md"), None)
-        elif self.command == "data" and a.dataset == "fashion-scenes":
+        run = Path(a.resume or a.out or next((cwd / "runs").iterdir()))
+        assert (run / "checkpoints" / "last.safetensors").exists()
+        config = json.loads((run / "config.json").read_text())
+        assert config["model"] == (a.model or config["model"]) and config["data"] == (a.data or config["data"])
+        if a.init:  # the run records the weights it started from
+            assert config["init"]["given"] == a.init
+        rows = [json.loads(row) for row in (run / "metrics.jsonl").read_text().splitlines()]
+        if a.resume:  # the stopped run went on to its last step
+            assert rows[-1]["step"] == config["recipe"]["iters"]
+        errors = [v for k, v in rows[-1].items() if k.endswith("top1_error") or k.endswith("box_AP")]
+        assert errors and all(0 <= v <= 1 for v in errors), rows[-1]  # the last row holds an evaluation
+
+    def check_reproduce(self, cwd: Path, output: str) -> None:
+        out = Path(self.args.out) if self.args.out else next(cwd.rglob("report.md")).parent
+        report = json.loads((out / "report.json").read_text())
+        finished = sorted(p.parent.name for p in out.glob("*/result.json"))
+        runs = [p.parent.name for p in out.glob("*/config.json")]
+        assert (out / "report.md").is_file() and runs, out
+        if self.args.experiment == "detection":  # stages {backbone}-classify, {backbone}-detect: a row per backbone
+            assert {row["backbone"] for row in report["results"]} == {name.split("-")[0] for name in runs}, report
+        else:  # every finished run is in the report
+            assert finished and all(name in json.dumps(report) for name in finished), (finished, report)
+
+    def check_data(self, cwd: Path, output: str) -> None:
+        a = self.args
+        if a.dataset == "fashion-scenes":
             home = Path(a.data_dir) if a.data_dir else Path(os.environ["RESNET_DATA"])
-            assert (Path(a.out or home / "fashion-scenes") / "scenes.json").is_file()
-        elif self.command == "data":
+            scenes = json.loads((Path(a.out or home / "fashion-scenes") / "scenes.json").read_text())
+            assert scenes, "scenes.json is empty"
+        else:
             assert "present" in output or "generated" in output, output
-        elif out:
-            assert Path(out).exists(), f"{out} not written"
-        if self.command == "predict":  # a line for each image file (class probabilities, or detections)
-            assert all(Path(v).name in output for v in a.images if Path(v).is_file()), output
-        if self.command == "weights":
-            assert "resnet18" in output and "torchvision-v1" in output
+
+    def check_eval(self, cwd: Path, output: str) -> None:
+        a = self.args
+        if a.data in ("fashion-scenes", "coco"):  # COCOeval's numbers, in the --json file
+            assert "AP" in output, output
+            assert not a.json or json.loads(Path(a.json).read_text()), a.json
+            return
+        protocol = a.tta if a.tta != "none" else a.protocol
+        assert f"({protocol})" in output and "top-1 err %" in output, output
+        assert len(a.checkpoint) == 1 or f"ensemble of {len(a.checkpoint)}" in output, output
+
+    def check_predict(self, cwd: Path, output: str) -> None:
+        """Every image given (and every image under a folder given) is in the output or the --out file."""
+        a = self.args
+        images = [Path(v) for v in a.images if Path(v).is_file()]
+        images += [p for v in a.images if Path(v).is_dir() for p in Path(v).rglob("*") if p.is_file()]
+        written = Path(a.out).read_text() if a.out else ""
+        assert images and all(p.name in output + written for p in images), (output, written)
+        if a.out and a.out.endswith(".csv"):
+            assert len(written.strip().splitlines()) >= len(images) + 1  # a header, then each image's classes
+        if getattr(a, "draw", None):
+            assert len(list(Path(a.draw).iterdir())) == len(images)
+
+    def check_export(self, cwd: Path, output: str) -> None:
+        import onnx
+
+        props = {p.key: p.value for p in onnx.load(self.args.out).metadata_props}
+        if "input_size" in props:  # a classifier: the preprocessing travels with it, checked against ONNX Runtime
+            assert {"input_mean", "resize_size", "class_names"} <= set(props) and "onnxruntime" in output, props
+        else:
+            assert "onnxruntime" in output.lower() or "ONNX Runtime" in output, output
+
+    def check_convert(self, cwd: Path, output: str) -> None:
+        """The classifier's weights are the source file's, tensor for tensor."""
+        from safetensors.torch import load_file
+
+        source = torch.load(self.args.src, map_location="cpu", weights_only=True)
+        source = source.get("state_dict", source)
+        [fc] = [v for k, v in source.items() if k.endswith(("fc.weight", "linear.weight"))]
+        assert torch.equal(load_file(self.args.out)["fc.weight"], fc)
+
+    def check_summary(self, cwd: Path, output: str) -> None:
+        from resnet import create_model
+
+        params = sum(p.numel() for p in create_model(self.args.model).parameters())
+        assert f"{params:,}" in output and "conv2_x" in output, output
+
+    def check_analyze(self, cwd: Path, output: str) -> None:
+        assert output.count("3x3 layers, response std mean") == len(self.args.checkpoint), output
+
+    def check_weights(self, cwd: Path, output: str) -> None:
+        assert "resnet18" in output and "torchvision-v1" in output
 
 
 def producers() -> dict[str, str]:
