@@ -53,6 +53,8 @@ OFFLINE = {
     r"^torchrun\b": "several processes under torchrun, on ImageNet (ILSVRC2012, 150 GB, not downloadable)",
     r"^resnet (train|analyze|predict|reproduce)\b.*--data imagenet\b": "ILSVRC2012 (150 GB) cannot be fetched",
     r"--data coco\b": "needs a COCO folder (18 GB), not available offline",
+    r"^resnet serve\b": "starts a server that runs until it is stopped; tests/test_serve.py runs a real one on a "
+                         "loopback port and compares its answers with `resnet predict`",
     r"^resnet demo\b": "trains four nets for 3,000 iterations (7 CPU minutes) and has no budget option; "
                        "`resnet reproduce degradation` (the same code) is run when the README has it",
 }
@@ -395,6 +397,9 @@ class Line:
             place(self.artefacts.run(kind) / "checkpoints" / "last.safetensors", Path(value))
         elif value.endswith((".pth", ".pt", ".bin")):
             place(self.artefacts.state_dict(model or "resnet50"), Path(value))
+        elif value.endswith(".onnx"):  # an exported file (int8 when its name says so) of the Fashion-MNIST run
+            int8 = ["--int8", "--calibration", "32", "--eval-limit", "64", "--max-int8-loss", "1"] * (".int8." in value)
+            assert main(["export", "--checkpoint", str(self.artefacts.run("resnet")), "--out", value, *int8]) == 0
         else:
             place(self.run_for(value), Path(value))
 
@@ -423,7 +428,9 @@ class Line:
                 self.data_dir(value)
             elif word == "--image" and not Path(value).exists():  # export's test image
                 write_image(Path(value))
-        if self.command == "predict":
+            elif word == "--calibration-data" and "/" in value and not Path(value).exists():  # a folder of images
+                place(self.artefacts.images(), Path(value))
+        if self.command in ("predict", "explain"):
             for n, value in enumerate(a.images):
                 if Path(value).exists():
                     continue
@@ -492,9 +499,16 @@ class Line:
         checks = {"train": self.check_train, "reproduce": self.check_reproduce, "data": self.check_data,
                   "eval": self.check_eval, "predict": self.check_predict, "export": self.check_export,
                   "convert": self.check_convert, "summary": self.check_summary, "analyze": self.check_analyze,
-                  "weights": self.check_weights}
+                  "weights": self.check_weights, "explain": self.check_explain}
         assert self.command in checks, f"{self.line}: say in Line.check what this command must leave"
         checks[self.command](cwd, output)
+
+    def check_explain(self, cwd: Path, output: str) -> None:
+        from PIL import Image
+
+        for image in map(Path, self.args.images):  # one Grad-CAM overlay per image, a readable PNG
+            with Image.open(Path(self.args.out) / f"{image.stem}.gradcam.png") as overlay:
+                assert overlay.format == "PNG" and min(overlay.size) > 0
 
     def check_train(self, cwd: Path, output: str) -> None:
         a = self.args
@@ -556,7 +570,11 @@ class Line:
         import onnx
 
         props = {p.key: p.value for p in onnx.load(self.args.out).metadata_props}
-        if "input_size" in props:  # a classifier: the preprocessing travels with it, checked against ONNX Runtime
+        if getattr(self.args, "int8", False):  # int8: both held-out errors recorded in the file and printed
+            quantization = json.loads(props["quantization"])
+            assert {"input_mean", "resize_size", "class_names"} <= set(props), props
+            assert f"int8 {100 * quantization['int8_top1_error']:.2f}%" in output, (quantization, output)
+        elif "input_size" in props:  # a classifier: the preprocessing travels with it, checked against ONNX Runtime
             assert {"input_mean", "resize_size", "class_names"} <= set(props) and "onnxruntime" in output, props
         else:
             assert "onnxruntime" in output.lower() or "ONNX Runtime" in output, output
