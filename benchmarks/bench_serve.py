@@ -42,7 +42,7 @@ from serve_helpers import fashion_checkpoint, fashion_image, png_bytes, start_se
 
 from resnet.atomic import atomic_write_text  # noqa: E402
 from resnet.checkpoint import save_weights  # noqa: E402
-from resnet.models import create_model  # noqa: E402
+from resnet import create_model  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "bench_serve.json"
 MODES = {"batching": ["--max-batch", "32", "--max-wait-ms", "5"], "no batching": ["--max-batch", "1"]}

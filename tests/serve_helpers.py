@@ -19,7 +19,7 @@ from PIL import Image
 
 from resnet.checkpoint import save_weights
 from resnet.data.small import FASHION_MNIST_CLASSES
-from resnet.models import create_model
+from resnet import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
