@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from resnet.atomic import atomic_write_text
+from record import write_result
 from resnet.detection import create_detector, detection_loss
 from resnet.detection.coco import collate_detection, detection_datasets
 
@@ -155,8 +155,7 @@ def main() -> None:
     result.update({"c4_mask_rcnn_breakdown": mask_breakdown(folder, args),
               "loadavg_before_after": [load_before, os.getloadavg()],
               "note": "contended machine (shared cores): compare the ratio, not the absolute rates"})
-    atomic_write_text(RESULTS, json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    write_result(RESULTS, result)
 
 
 def cpu_model() -> str:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from resnet import precision
-from resnet.atomic import atomic_write_text
+from record import write_result
 
 RESULTS = Path(__file__).parent / "results" / "inference.json"
 ENGINES = ("torch-fp32", "torch-bf16", "torch-compile", "onnxruntime-fp32", "onnxruntime-int8")
@@ -245,7 +245,8 @@ def provenance(args: argparse.Namespace, threads: int) -> dict:
                                 cwd=Path(__file__).parent).stdout.strip()
     except OSError:
         commit = ""
-    return {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "commit": commit, "threads": threads,
+    command = " ".join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+    return {"command": command, "commit": commit, "threads": threads,
             "ort_spinning": SPIN["ort"], "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
             "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
                          "python": platform.python_version()}, "cpu": cpu_description(), "quick": args.quick}
@@ -288,7 +289,7 @@ def main(argv: list[str] | None = None) -> dict:
         setup, batches, eval_batch = make() if callable(make) else make
         result["models"][setup["name"]] = bench_model(setup, batches, engines, threads, repeats, eval_batch)
         result["load_end"] = load()
-        atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")  # each model's rows as soon as they exist
+        write_result(args.out, result, echo=False)  # each model's rows as soon as they exist
     print(table(result))
     return result
 

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from serve_helpers import fashion_checkpoint, fashion_image, png_bytes, start_server, stop_server  # noqa: E402
 
-from resnet.atomic import atomic_write_text  # noqa: E402
+from record import write_result  # noqa: E402
 from resnet.checkpoint import save_weights  # noqa: E402
 from resnet import create_model  # noqa: E402
 
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     out = args.json or (None if args.quick else RESULTS)
     if out:
-        atomic_write_text(out, text + "\n")
+        write_result(out, report, echo=False)
         print(f"wrote {out}", file=sys.stderr)
     return 0
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import pickle
 import signal
@@ -37,7 +36,7 @@ from bench_serve import commit, cpu_name  # noqa: E402
 from serve_helpers import fashion_checkpoint, fashion_image, png_bytes, start_server, stop_server  # noqa: E402
 from test_predict import png_claiming  # noqa: E402
 
-from resnet.atomic import atomic_write_text  # noqa: E402
+from record import write_result  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "fault_pass_serve.json"
 TOKEN = "fault-pass-token"
@@ -277,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
               "loadavg_before": [round(v, 2) for v in load_before],
               "loadavg_after": [round(v, 2) for v in os.getloadavg()], "rows": p.rows,
               "ok": sum(r["ok"] for r in p.rows), "cases": len(p.rows)}
-    atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
+    write_result(args.json, report, echo=False)
     print(f"{report['ok']}/{report['cases']} cases ok; wrote {args.json}")
     return 0 if report["ok"] == report["cases"] else 1
 
