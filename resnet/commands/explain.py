@@ -27,7 +27,10 @@ def run(args: argparse.Namespace) -> int:
     from resnet import strictjson
     from resnet.device import resolve_device
     from resnet.inference import is_onnx, load_classifier
-    from resnet.inference.explain import explain
+    try:
+        from resnet.inference.explain import explain
+    except ModuleNotFoundError as missing:  # Captum is the `explain` extra
+        raise ValueError(f"resnet explain needs the package {missing.name}: pip install -e '.[explain]'") from None
 
     if is_onnx(args.checkpoint):
         raise ValueError(f"--checkpoint {args.checkpoint}: Grad-CAM needs the network's gradients; give the "
