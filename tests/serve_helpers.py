@@ -63,6 +63,21 @@ def write_images(folder: Path, n: int, size: int = 28) -> list[Path]:
     return paths
 
 
+def detector_and_scene(folder: Path) -> tuple[Path, Path]:
+    """A tiny untrained C4 Mask R-CNN (every box kept: score threshold 0) saved in `folder`, and a 64 px scene."""
+    from test_detection import TINY
+
+    from resnet.detection import create_detector, save_detector
+
+    torch.manual_seed(0)
+    model = create_detector("resnet20", "c4", True, class_names=["cat", "dog"], in_channels=1, base_width=8,
+                            **{**TINY, "box_score_thresh": 0.0})
+    path = save_detector(folder / "det.safetensors", model)
+    scene = folder / "scene.png"
+    scene.write_bytes(png_bytes(fashion_image(3, size=64)))
+    return path, scene
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -14,9 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import torch
 from fastapi.testclient import TestClient
-from serve_helpers import fashion_checkpoint, png_bytes, fashion_image, start_server, stop_server, write_images
+from serve_helpers import (detector_and_scene, fashion_checkpoint, fashion_image, png_bytes, start_server, stop_server,
+                           write_images)
 from test_predict import png_claiming
 
 from resnet.cli import main
@@ -400,16 +400,7 @@ def test_a_real_server_under_concurrent_requests_then_sigterm(checkpoint, images
 
 
 def test_detector_answers_equal_resnet_predict(tmp_path, capsys):
-    from test_detection import TINY
-
-    from resnet.detection import create_detector, save_detector
-
-    torch.manual_seed(0)
-    model = create_detector("resnet20", "c4", True, class_names=["cat", "dog"], in_channels=1, base_width=8,
-                            **{**TINY, "box_score_thresh": 0.0})
-    path = save_detector(tmp_path / "det.safetensors", model)
-    scene = tmp_path / "scene.png"
-    scene.write_bytes(png_bytes(fashion_image(3, size=64)))
+    path, scene = detector_and_scene(tmp_path)
     assert main(["predict", str(scene), "--checkpoint", str(path), "--json", "--score-threshold", "0"]) == 0
     expected = json.loads(capsys.readouterr().out)[0]
     client = ready_client(app_from_settings({**OPTIONS, "checkpoint": str(path), "score_threshold": 0.0},

@@ -10,8 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-from serve_helpers import ServerThread, fashion_checkpoint, fashion_image, png_bytes
+from serve_helpers import ServerThread, detector_and_scene, fashion_checkpoint, fashion_image, png_bytes
 
 from resnet.cli import main
 from resnet.serve.app import app_from_settings
@@ -80,16 +79,8 @@ def test_the_page_shows_predicts_top1(tmp_path, capsys):
 
 def test_the_detector_page_draws_the_boxes_above_its_threshold(tmp_path, capsys):
     from selenium.webdriver.common.by import By
-    from test_detection import TINY
 
-    from resnet.detection import create_detector, save_detector
-
-    torch.manual_seed(0)
-    model = create_detector("resnet20", "c4", True, class_names=["cat", "dog"], in_channels=1, base_width=8,
-                            **{**TINY, "box_score_thresh": 0.0})
-    path = save_detector(tmp_path / "det.safetensors", model)
-    scene = tmp_path / "scene.png"
-    scene.write_bytes(png_bytes(fashion_image(3, size=64)))
+    path, scene = detector_and_scene(tmp_path)
     assert main(["predict", str(scene), "--checkpoint", str(path), "--json", "--score-threshold", "0"]) == 0
     detections = json.loads(capsys.readouterr().out)[0]["detections"]
     app = app_from_settings({**OPTIONS, "checkpoint": str(path)}, load_now=True)
