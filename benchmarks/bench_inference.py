@@ -5,8 +5,9 @@ quantiser), on ResNet-50 at 224 (batch 1 and 32) and ResNet-20 on Fashion-MNIST 
 Each engine is timed in the same run (warm-up, then the median latency of --repeats batches; images/s = batch /
 median), with its ratio to torch eager fp32 at the same batch, and scored on the same held-out images: a trained
 ResNet-20 (--r20-checkpoint, e.g. a `resnet train --recipe fast` run) on the 10,000 Fashion-MNIST test images; a
-ResNet-50 checkpoint when given (--r50-checkpoint), else torchvision's resnet50 with random weights, whose accuracy
-is "not measured" (and its int8 calibrated on random inputs). ONNX Runtime's profiler names the kernels that ran.
+ResNet-50 (--r50-checkpoint) trained on a folder task (--r50-data, e.g. benchmarks/fashion_folder.py's) on its
+val images, else torchvision's resnet50 with random weights, whose accuracy is "not measured" (and its int8
+calibrated on random inputs). ONNX Runtime's profiler names the kernels that ran.
 The load average is recorded beside every measurement: on a shared machine the ratios, not the absolute figures,
 are what a run shows. Writes benchmarks/results/inference.json.
 
@@ -172,21 +173,36 @@ def resnet20_setup(checkpoint: str | None, data_dir: str | None, eval_images: in
             "accuracy": f"{len(x)} Fashion-MNIST test images, centre view"}
 
 
-def resnet50_setup(checkpoint: str | None) -> dict:
-    """ResNet-50 at 224: a checkpoint (accuracy not measured here: no held-out ImageNet-size data offline) or
-    torchvision's architecture (stride in the 3x3) with random weights, calibrated on random inputs."""
-    if checkpoint is not None:
-        from resnet.inference import load_classifier
-
-        model = load_classifier(checkpoint, engine="torch-fp32").net
-        name = f"resnet50 ({checkpoint})"
-    else:
+def resnet50_setup(checkpoint: str | None, folder: str | None = None, eval_images: int | None = None) -> dict:
+    """ResNet-50 at 224: a checkpoint trained on a folder task (--r50-data: its val/ split scored, 512 of its train/
+    images for int8 calibration; benchmarks/fashion_folder.py makes one), a checkpoint alone (accuracy not
+    measured), or torchvision's architecture (stride in the 3x3) with random weights, calibrated on random inputs."""
+    if checkpoint is None:
         from resnet import create_model
 
-        model, name = create_model("resnet50", bottleneck_stride="3x3").eval(), "resnet50 (random weights)"
-    return {"model": model, "name": name, "size": 224, "channels": 3, "eval": None,
-            "calibration": torch.randn(32, 3, 224, 224), "calibration_source": "random normal",
-            "accuracy": "not measured (no held-out images of ImageNet size here)"}
+        return {"model": create_model("resnet50", bottleneck_stride="3x3").eval(), "name": "resnet50 (random weights)",
+                "size": 224, "channels": 3, "eval": None, "calibration": torch.randn(32, 3, 224, 224),
+                "calibration_source": "random normal", "accuracy": "not measured (random weights)"}
+    from resnet.inference import load_classifier
+
+    classifier = load_classifier(checkpoint, engine="torch-fp32")
+    setup = {"model": classifier.net, "name": f"resnet50 ({checkpoint})", "size": 224, "channels": 3, "eval": None,
+             "calibration": torch.randn(32, 3, 224, 224), "calibration_source": "random normal",
+             "accuracy": "not measured (no --r50-data)"}
+    if folder is not None:
+        from resnet.data import get_dataset
+        from resnet.data.sampling import balanced_subset
+        from resnet.inference.quantize import calibration_views
+
+        val = get_dataset("folder", "val", folder, transform=classifier.prepare)
+        if eval_images:
+            val = balanced_subset(val, eval_images, seed=0)
+        x = classifier.norm(torch.stack([val[i][0][0] for i in range(len(val))]))
+        y = torch.tensor([int(val[i][1]) for i in range(len(val))])
+        setup.update(eval=(x, y), calibration=calibration_views(classifier, None, "folder", folder, 512),
+                     calibration_source=f"512 images of {folder}/train",
+                     accuracy=f"{len(x)} images of {folder}/val, centre view")
+    return setup
 
 
 def onnx_files(setup: dict, folder: Path) -> tuple[Path, Path]:
@@ -256,6 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--r20-checkpoint", help="a trained Fashion-MNIST ResNet-20 (run directory or checkpoint)")
     p.add_argument("--r50-checkpoint", help="a ResNet-50 checkpoint (default: random weights)")
+    p.add_argument("--r50-data", help="the ResNet-50's folder task (train/, val/): its val images are scored")
     p.add_argument("--data-dir", help="Fashion-MNIST folder (default: the usual places)")
     p.add_argument("--eval-images", type=int, help="score on a balanced sample of N test images (default: all)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="threads (default: the cores)")
@@ -283,7 +300,7 @@ def main(argv: list[str] | None = None) -> dict:
             setups.append(lambda: (resnet20_setup(args.r20_checkpoint, args.data_dir, args.eval_images, False),
                                    [1, 256], 256))
         if "resnet50" in args.models:
-            setups.append(lambda: (resnet50_setup(args.r50_checkpoint), [1, 32], 32))
+            setups.append(lambda: (resnet50_setup(args.r50_checkpoint, args.r50_data, args.eval_images), [1, 32], 32))
         engines, repeats = args.engines, args.repeats
     for make in setups:
         setup, batches, eval_batch = make() if callable(make) else make

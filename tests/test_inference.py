@@ -290,3 +290,18 @@ def test_every_command_in_docs_inference_parses():
     for line in lines:
         argv = shlex.split(line.split("  #")[0])[1:]
         build_parser(argv).parse_args(argv)  # SystemExit on an option the CLI does not have
+
+
+def test_calibration_from_a_class_folder_tree_samples_every_class(trained, tmp_path):
+    """A train/<class>/ tree sorted by name would give only its first class; the sample must reach the others."""
+    from resnet.inference import load_classifier
+    from resnet.inference.quantize import calibration_views
+
+    for name, shade in (("a-black", 0), ("b-white", 255)):
+        (tmp_path / name).mkdir()
+        for i in range(20):
+            Image.new("L", (28, 28), shade).save(tmp_path / name / f"{i:02d}.png")
+    classifier = load_classifier(trained[2], engine="torch-fp32")
+    views = calibration_views(classifier, str(tmp_path), None, None, 8)
+    raw = {round(float(v.mean()), 3) for v in views}  # normalised: one value per shade
+    assert len(views) == 8 and len(raw) == 2

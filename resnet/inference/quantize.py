@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import shutil
 import tempfile
 from pathlib import Path
@@ -45,10 +46,12 @@ def relative_loss(fp32_error: float, int8_error: float) -> float:
 def calibration_views(classifier, source: str | None, data: str | None, data_dir: str | None,
                       count: int) -> torch.Tensor:
     """`count` normalised inputs [N, C, H, W] for calibration, prepared as the classifier's test views: from a
-    folder of images (`source` an existing folder), a dataset's training split (`source` a dataset name), or
-    the checkpoint's own dataset (`source` None, `data`) - a seeded class-balanced sample."""
+    folder of images (`source` an existing folder: a seeded sample of its files, so a train/<class>/ tree gives
+    every class, not the first in sorted order), a dataset's training split (`source` a dataset name), or the
+    checkpoint's own dataset (`source` None, `data`) - a seeded class-balanced sample."""
     if source is not None and Path(source).is_dir():
-        files = gather_images([source])[:count]
+        files = gather_images([source])
+        files = random.Random(0).sample(files, min(count, len(files)))
         views = [classifier.prepare(read_image(f, classifier.channels))[0] for f in files]
     else:
         name = source or data
