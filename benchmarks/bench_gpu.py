@@ -52,7 +52,7 @@ def our_step(model, optimizer, scaler, x, y, lr: float, device: torch.device):
     with torch.no_grad():
         wrong = (logits.argmax(1) != y).sum()
         stats = torch.stack([loss.detach().double() * len(y), wrong.double(),
-                             torch.tensor(len(y), dtype=torch.float64, device=y.device)])
+                             torch.full((), len(y), dtype=torch.float64, device=y.device)])
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
@@ -96,8 +96,9 @@ def resnet50_part(args, device: torch.device) -> dict:
     for compiled in ([False, True] if args.compile else [False]):
         for impl in ("ours", "torchvision"):
             name = f"{impl}{' compiled' if compiled else ''}"
+            model = None
             try:
-                model = (create_model("resnet50", num_classes=1000) if impl == "ours" else torchvision.models.resnet50())
+                model = create_model("resnet50", num_classes=1000) if impl == "ours" else torchvision.models.resnet50()
                 model = model.to(device).to(memory_format=torch.channels_last).train()
                 optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
                 net = torch.compile(model) if compiled else model
@@ -110,7 +111,8 @@ def resnet50_part(args, device: torch.device) -> dict:
                 seconds = time_step(step, device, warmup, args.steps, args.rounds)
                 row = {"impl": name, "images_per_s": round(b / seconds, 1), "ms_per_step": round(1000 * seconds, 2)}
             except Exception as error:  # noqa: BLE001 - recorded, the next case runs
-                row = {"impl": name, "error": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"}
+                first = str(error).splitlines()[0] if str(error) else ""
+                row = {"impl": name, "error": f"{type(error).__name__}: {first}"}
             rows.append(row)
             print(json.dumps(row), flush=True)
             del model

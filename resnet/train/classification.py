@@ -139,11 +139,12 @@ def evaluate(model: nn.Module, loader, device: torch.device, autocast, tta: str 
 
 
 def _batch_stats(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """[loss sum, top-1 wrong, top-5 wrong, count] of one batch, kept on the device (no sync)."""
+    """[loss sum, top-1 wrong, top-5 wrong, count] of one batch, kept on the device (no sync: the count is a fill,
+    not torch.tensor(n, device=...), which copies from the host and syncs; found by sync debug mode on an H200)."""
     errors = topk_errors(logits, y)
     loss = F.cross_entropy(logits, y, reduction="sum")
     return torch.stack([loss.double(), errors[1].sum().double(), errors[5].sum().double(),
-                        torch.tensor(len(y), device=y.device, dtype=torch.float64)])
+                        torch.full((), len(y), dtype=torch.float64, device=y.device)])
 
 
 # ----------------------------------------------------------------------------- the task
@@ -236,7 +237,7 @@ class ClassificationTask:
         with torch.no_grad():  # the error against each image's own label (the larger share of a mixed one)
             wrong = (logits.argmax(1) != y).sum()
             stats = torch.stack([loss.detach().double() * len(y), wrong.double(),
-                                 torch.tensor(len(y), dtype=torch.float64, device=y.device)])
+                                 torch.full((), len(y), dtype=torch.float64, device=y.device)])
         return loss, stats
 
     def evaluate(self, model: nn.Module, final: bool, autocast: Callable) -> dict:
