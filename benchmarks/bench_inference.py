@@ -273,8 +273,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--r20-checkpoint", help="a trained Fashion-MNIST ResNet-20 (run directory or checkpoint)")
     p.add_argument("--r50-checkpoint", help="a ResNet-50 checkpoint (default: random weights)")
     p.add_argument("--r50-data", help="the ResNet-50's folder task (train/, val/): its val images are scored")
+    p.add_argument("--r50-eval-images", type=int, default=1000,
+                   help="score the ResNet-50 on a balanced sample of N val images (default: 1000; 0: all)")
     p.add_argument("--data-dir", help="Fashion-MNIST folder (default: the usual places)")
-    p.add_argument("--eval-images", type=int, help="score on a balanced sample of N test images (default: all)")
+    p.add_argument("--eval-images", type=int, help="score the ResNet-20 on a balanced sample of N test images "
+                                                  "(default: all 10,000)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="threads (default: the cores)")
     p.add_argument("--repeats", type=int, default=10, help="timed batches per engine and batch size")
     p.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
@@ -300,7 +303,7 @@ def main(argv: list[str] | None = None) -> dict:
             setups.append(lambda: (resnet20_setup(args.r20_checkpoint, args.data_dir, args.eval_images, False),
                                    [1, 256], 256))
         if "resnet50" in args.models:
-            setups.append(lambda: (resnet50_setup(args.r50_checkpoint, args.r50_data, args.eval_images), [1, 32], 32))
+            setups.append(lambda: (resnet50_setup(args.r50_checkpoint, args.r50_data, args.r50_eval_images), [1, 32], 32))
         engines, repeats = args.engines, args.repeats
     for make in setups:
         setup, batches, eval_batch = make() if callable(make) else make
