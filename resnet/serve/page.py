@@ -74,7 +74,8 @@ function showCard(c) {
     ["input", Object.entries(c.input).filter(e => e[1] !== null).map(e => e[0] + " " + e[1]).join("; ")],
     ["source", c.source], ["dataset", c.dataset || "-"],
     ["held-out", Object.keys(c.held_out).length ? Object.entries(c.held_out).map(e => e[0] + " " +
-      (typeof e[1] === "number" ? e[1].toFixed(4) : JSON.stringify(e[1]))).join("; ") : "not recorded"]];
+      (Number.isInteger(e[1]) ? String(e[1]) : typeof e[1] === "number" ? e[1].toFixed(4) : JSON.stringify(e[1])))
+      .join("; ") : "not recorded"]];
   for (const [k, v] of entries) {
     const dt = document.createElement("dt"); dt.textContent = k;
     const dd = document.createElement("dd"); dd.textContent = v;
