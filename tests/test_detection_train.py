@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from resnet.cli import main
 from resnet.detection.scenes import make_fashion_scenes
 from resnet.detection.train import train_detector
+from resnet.train.curves import read_metrics
 from resnet.train.loop import Interrupted, train
 from resnet.train.recipes import get_recipe
 
@@ -111,6 +112,8 @@ def test_reproduce_detection_reuses_backbones_resumes_and_refuses_another_budget
     report = reproduce_detection("fashion-scenes", budget=0.002, out=out, data_dir=str(scenes), pretrained=suite,
                                  device=TEST_DEVICE, progress=False, command="test")
     assert [r["backbone"] for r in report["results"]] == ["plain20", "resnet20"]
+    assert [r["classification_seconds"] for r in report["results"]] == [
+        read_metrics(suite / f"{m}-s0" / "metrics.jsonl")[-1]["wall_time"] for m in ("plain20", "resnet20")]
     assert set(report["relative_gain"]) >= {"box_AP", "box_AP50"}
     assert "ResNet-101 27.2 / 48.4" in (out / "report.md").read_text()
     mtime = (out / "resnet20-detect" / "metrics.jsonl").stat().st_mtime
@@ -145,6 +148,26 @@ def test_detection_report_gives_mean_std_and_the_gain_against_its_spread():
                           "paper_relative_gain": {"coco_AP": 0.28, "coco_AP50": 0.17}})
     assert "| plain20 | 3 | 7.00±0.00 | 22.3±2.5 |" in text
     assert "box AP: +40% relative (±17% over 3 seeds; residual better in 3/3): larger than the seed-to-seed spread" in text
+
+
+def test_detection_figure_and_wall_time_come_with_the_report(tmp_path):
+    from PIL import Image
+
+    from resnet.reproduce.detection import FIGURE, write_report
+
+    results = [{"backbone": f"{k}20", "kind": k, "seed": s, "classification_test_error": 0.07,
+                "box_AP": 0.2 + 0.1 * (k == "resnet") + 0.01 * s, "box_AP50": 0.4, "mask_AP": 0.25,
+                "classification_seconds": 240.0 + 60 * s, "detection_seconds": 300.0}
+               for s in (0, 1) for k in ("plain", "resnet")]
+    write_report(tmp_path, "fashion-scenes", 1.0, results, "c")
+    with Image.open(tmp_path / FIGURE) as figure:
+        assert figure.format == "PNG" and figure.width > 3 * figure.height / 2  # one panel per AP metric, side by side
+    text = (tmp_path / "report.md").read_text()
+    assert "- Wall time of classification per backbone and seed: 4.5 min (mean of 4; 18 min in all)." in text
+    assert "- Wall time of detection per backbone and seed: 5.0 min (mean of 4; 20 min in all)." in text
+    (tmp_path / FIGURE).unlink()
+    write_report(tmp_path, "fashion-scenes", 1.0, [r for r in results if r["kind"] == "plain"], "c")
+    assert not (tmp_path / FIGURE).exists()  # nothing to compare until both backbones have a run
 
 
 def test_reproduce_detection_trains_each_seed_on_its_own_backbones(shapes, scenes, tmp_path):

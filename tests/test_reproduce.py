@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from resnet.cli import main
 from resnet.reproduce import reproduce
 from resnet.reproduce.experiments import plan, recipe_for
-from resnet.reproduce.report import aggregate, claims, depth_trend, format_claims
+from resnet.reproduce.report import aggregate, claims, depth_trend, format_claims, format_table
 from resnet.reproduce.runs import last_epoch_train_error
 
 BUDGET = 6 / 64_000  # 6 iterations of batch 128 (the lr drops scale with it)
@@ -51,7 +51,13 @@ def test_seeds_are_summarised_as_best_mean_std():
     assert row["test_error_best"] == pytest.approx(errors.min())
     assert row["paper_test_error"] == pytest.approx(0.0875)  # Table 6
     assert row["difference"] == pytest.approx(errors.mean() - 0.0875)
-    assert aggregate(runs, "fashion-mnist")[0]["paper_test_error"] is None  # no invented paper number
+    other = aggregate(runs, "fashion-mnist")[0]
+    assert other["paper_test_error"] is None and other["difference"] is None  # no invented paper number
+    assert other["paper_cifar10_test_error"] == pytest.approx(0.0875)  # Table 6 beside it, for shape only
+    text = format_table([other], "fashion-mnist")
+    assert "| paper CIFAR-10 % | ours - paper |" in text and text.splitlines()[-1].endswith("| 8.75 |  |")
+    plain = aggregate([dict(r, label="plain20", kind="plain") for r in runs], "fashion-mnist")[0]
+    assert plain["paper_cifar10_test_error"] is None  # the paper has no table for plain nets
 
 
 def _runs(kind: str, errors: dict[int, list[float]]) -> list[dict]:

@@ -110,6 +110,39 @@ def test_unknown_shapes_get_a_section_each(tmp_path):
     assert (tmp_path / "docs/results.md").read_text() == page
 
 
+def test_seeds_claims_figures_and_wall_time_are_shown(tmp_path):
+    """A detection suite over seeds gets its mean ± std, each gain with its spread and verdict, and its wall time; a
+    reproduce suite its claims as judged; each results folder's figures are on the page."""
+    results = [{"backbone": f"{k}20", "kind": k, "seed": s, "classification_test_error": 0.07, "box_AP": ap,
+                "classification_seconds": 600.0, "detection_seconds": 300.0}
+               for (k, s), ap in {("plain", 0): 0.2, ("resnet", 0): 0.3, ("plain", 1): 0.25, ("resnet", 1): 0.27}.items()]
+    write_json(tmp_path / "results/det/report.json", {
+        "experiment": "detection", "command": "resnet reproduce detection --seeds 2", "budget": 1, "results": results,
+        "summary": [{"backbone": "plain20", "kind": "plain", "seeds": 2, "box_AP_mean": 0.225, "box_AP_std": 0.0354},
+                    {"backbone": "resnet20", "kind": "resnet", "seeds": 2, "box_AP_mean": 0.285, "box_AP_std": 0.0212}],
+        "gains": {"box_AP": {"mean": 0.29, "std": 0.297, "per_seed": [0.5, 0.08], "residual_better": 2,
+                             "beyond_spread": False}},
+        "relative_gain": {"box_AP": 0.29}, "paper_relative_gain": {"coco_AP": 0.283}})
+    (tmp_path / "results/det/detection.png").write_bytes(b"\x89PNG")
+    write_json(tmp_path / "results/fig6/report.json", {"degradation": {
+        "command": "resnet reproduce degradation", "budget": 1, "data": "fashion-mnist",
+        "rows": [{"net": "resnet20", "seeds": 2, "test_error_mean": 0.12, "paper_cifar10_test_error": 0.0875}],
+        "claims": [{"statement": "plain nets: error rises with depth", "metric": "test_error", "holds": "mean",
+                    "exceptions": ["seed 1 plain20 -> plain32"]}],
+        "runs": [{"train_seconds": 1800.0}, {"train_seconds": 3600.0}]}})
+    page = results_page().render(tmp_path)
+    text = section(page, "det")
+    assert "| plain20 | 2 | 22.5 ± 3.5 |" in text and "| resnet20 | 2 | 28.5 ± 2.1 |" in text
+    assert ("- box_AP: +29% ± 30% over 2 seeds, residual better in 2/2: within the seed-to-seed spread" in text)
+    assert "coco_AP +28%" in text and "Wall time: 1.0 h over 4 backbone runs" in text
+    assert "![detection](../results/det/detection.png)" in text
+    text = section(page, "fig6")
+    assert "| resnet20 | 2 | 12.00% | 8.75% |" in text and "Table 6 (CIFAR-10), beside these for shape only" in text
+    assert ("- plain nets: error rises with depth, test error: **holds on the mean only** (not at: seed 1 plain20 -> "
+            "plain32)") in text
+    assert "Wall time: 1.5 h of training over 2 runs" in text
+
+
 def test_a_damaged_record_is_one_line_naming_it(tmp_path):
     bad = tmp_path / "benchmarks/results/broken.json"
     bad.parent.mkdir(parents=True)

@@ -29,6 +29,8 @@ MACHINE_KEYS = ("cpu", "gpu", "device_name", "machine", "cores", "cpu_count", "t
 VERSION_KEYS = ("torch", "python", "version", "git_commit", "commit")
 BUDGET_KEYS = ("budget", "iters", "epochs", "rounds", "steps", "repeats", "images", "subset", "cases")
 MAX_CELL = 90
+CLAIM_WORDS = {"every seed": "holds on every seed", "mean": "holds on the mean only", "no": "does not hold",
+               "n/a": "not measured"}
 
 
 # ----------------------------------------------------------------------------- reading
@@ -135,13 +137,29 @@ def recipe_budget(suite: dict, budget: Any) -> str:
 
 
 def suite_tables(name: str, part: dict) -> list[str]:
-    """A `resnet reproduce` experiment (table6, fig7, shortcuts, degradation): its rows, one per net."""
+    """A `resnet reproduce` experiment (table6, fig7, shortcuts, degradation): its rows, one per net; the paper's
+    statements about depth as the report judged them; the runs' training time in all."""
     rows = part.get("rows") or []
     if rows and "test_error_mean" in rows[0]:
         columns = ["net", "seeds", "test_error_mean", "test_error_std", "test_error_best", "best_val_test_error_mean",
-                   "train_error_mean", "iterations", "train_seconds_mean", "paper_test_error", "difference"]
-        return table(rows, [c for c in columns if any(c in r for r in rows)])
-    return table(rows) if rows else table(part.get("runs") or [])
+                   "train_error_mean", "train_error_std", "iterations", "train_seconds_mean", "paper_test_error",
+                   "difference", "paper_cifar10_test_error"]
+        lines = table(rows, [c for c in columns if any(r.get(c) is not None for r in rows)])
+    else:
+        lines = table(rows) if rows else table(part.get("runs") or [])
+    if rows and part.get("data") not in (None, "cifar10") and any("paper_cifar10_test_error" in r for r in rows):
+        lines += ["", "paper_cifar10_test_error: the paper's Table 6 (CIFAR-10), beside these for shape only."]
+    claims = [c for c in part.get("claims") or [] if isinstance(c, dict) and "holds" in c]
+    if claims:
+        lines += ["", "The paper's statements about depth, as the report judges them:", ""]
+        lines += [f"- {c.get('statement', c.get('kind'))}, {str(c.get('metric', '')).replace('_', ' ')}: "
+                  f"**{CLAIM_WORDS.get(c['holds'], c['holds'])}**" +
+                  (f" (not at: {'; '.join(c['exceptions'])})" if c.get("exceptions") else "") for c in claims]
+    seconds = [r["train_seconds"] for r in part.get("runs") or [] if isinstance(r.get("train_seconds"), (int, float))]
+    if seconds:
+        lines += ["", f"Wall time: {sum(seconds) / 3600:.1f} h of training over {len(seconds)} runs "
+                      "(the sum of the runs' times; runs trained side by side overlap)."]
+    return lines
 
 
 def report_section(path: Path, root: Path) -> list[str]:
@@ -163,7 +181,8 @@ def report_section(path: Path, root: Path) -> list[str]:
                           described(records, MACHINE_KEYS), described(records, DATE_KEYS),
                           described(records, VERSION_KEYS), f"[{rel(path, root)}]({link(path, root)})")
         out += experiment_table(name, part) + [""]
-    return out
+    out += [f"![{png.stem}]({link(png, root)})" for png in sorted(folder.glob("*.png"))]
+    return out + [""] if out[-1] != "" else out
 
 
 def experiment_table(name: str, part: Any) -> list[str]:
@@ -175,19 +194,40 @@ def experiment_table(name: str, part: Any) -> list[str]:
 
 
 def detection_table(report: dict) -> list[str]:
-    """`resnet reproduce detection`: one row per backbone, the relative gains and the paper's."""
+    """`resnet reproduce detection`: one row per backbone and seed, mean ± std over seeds, the residual backbone's
+    relative gain with its spread, the paper's gain, and the stages' wall time."""
     rows = report["results"]
-    columns = ["backbone", "classification_test_error", "box_AP", "box_AP50", "box_AP75", "mask_AP", "mask_AP50",
-               "iterations", "detection_seconds"]
+    columns = ["backbone", "seed", "classification_test_error", "box_AP", "box_AP50", "box_AP75", "mask_AP",
+               "mask_AP50", "iterations", "classification_seconds", "detection_seconds"]
     lines = table(rows, [c for c in columns if any(c in r for r in rows)])
-    gains = report.get("relative_gain") or {}
+    summary = [r for r in report.get("summary") or [] if r.get("seeds", 1) > 1]
+    if summary:
+        keys = [k for k in ("classification_test_error", "box_AP", "box_AP50", "box_AP75", "mask_AP", "mask_AP50")
+                if any(f"{k}_mean" in r for r in summary)]
+        lines += ["", "Mean ± std over seeds (sample std):", ""]
+        lines += table([{"backbone": r["backbone"], "seeds": r["seeds"],
+                         **{k: f"{number(k, r.get(f'{k}_mean'))} ± {number(k, r.get(f'{k}_std'))}" for k in keys}}
+                        for r in summary])
+    gains = {k: g for k, g in (report.get("gains") or {}).items() if isinstance(g, dict) and "mean" in g}
     if gains:
+        lines += ["", "Relative gain of the residual backbone (mean ± std of the per-seed gains):", ""]
+        for key, g in gains.items():
+            n = len(g.get("per_seed") or [])
+            spread = (f" ± {100 * g['std']:.0f}% over {n} seeds, residual better in {g.get('residual_better')}/{n}: "
+                      f"{'larger than' if g.get('beyond_spread') else 'within'} the seed-to-seed spread") if n > 1 else ""
+            lines.append(f"- {key}: {100 * g['mean']:+.0f}%{spread}")
+    elif report.get("relative_gain"):
         lines += ["", "Relative gain of the residual backbone: " +
-                  ", ".join(f"{k} {100 * v:+.0f}%" for k, v in gains.items() if isinstance(v, (int, float)))]
+                  ", ".join(f"{k} {100 * v:+.0f}%" for k, v in report["relative_gain"].items()
+                            if isinstance(v, (int, float)))]
     paper = report.get("paper_relative_gain") or {}
     if paper:
-        lines += ["The paper's (VGG-16 -> ResNet-101 on COCO): " +
+        lines += ["", "The paper's (VGG-16 -> ResNet-101, Faster R-CNN on COCO, Table 8): " +
                   ", ".join(f"{k} {100 * v:+.0f}%" for k, v in paper.items() if isinstance(v, (int, float)))]
+    seconds = [r.get(k) for r in rows for k in ("classification_seconds", "detection_seconds")]
+    if any(isinstance(t, (int, float)) for t in seconds):
+        lines += ["", f"Wall time: {sum(t for t in seconds if isinstance(t, (int, float))) / 3600:.1f} h over "
+                      f"{len(rows)} backbone runs (classification pretraining and detection, where recorded)."]
     return lines
 
 

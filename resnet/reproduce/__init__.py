@@ -64,7 +64,7 @@ def reproduce(experiment: str, data: str = "cifar10", *, depths: tuple[int, ...]
         _fig7(out, results, data, data_dir, download)
     if experiment == "degradation":
         _degradation_summary(out, results)
-    print("\n" + format_table(aggregate(results, data)))
+    print("\n" + format_table(aggregate(results, data), data))
     print(f"\nreport: {out / 'report.md'}; figure: {out / 'figure6.png'}")
     return report[experiment]
 

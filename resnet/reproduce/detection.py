@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resnet import strictjson
-from resnet.atomic import atomic_write_text
+from resnet.atomic import atomic_write, atomic_write_text
 from resnet.detection.scenes import make_fashion_scenes
 from resnet.detection.train import train_detector
 from resnet.reproduce.suite import check_suite
@@ -28,6 +28,7 @@ from resnet.train.recipes import Recipe, get_recipe
 PAPER = {"VGG-16": {"coco_AP50": 41.5, "coco_AP": 21.2, "voc07_mAP": 73.2},
          "ResNet-101": {"coco_AP50": 48.4, "coco_AP": 27.2, "voc07_mAP": 76.4}}
 DONE = "result.json"  # in a stage's run directory once it has finished
+FIGURE = "detection.png"  # beside report.md: AP per backbone over seeds
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,8 @@ def _train_pair(stage: Stage, kind: str, out: Path, data: str, masks: bool, data
     return {"backbone": model, "kind": kind, "seed": stage.seed,
             "classification_test_error": classify["test_top1_error"],
             **{k[4:]: v for k, v in row.items() if k.startswith("val_") and k != "val_images"},
-            "detection_seconds": row["wall_time"], "iterations": row["step"]}
+            "classification_seconds": classify.get("wall_time"), "detection_seconds": row["wall_time"],
+            "iterations": row["step"]}
 
 
 def relative_gain(plain: float | None, residual: float | None) -> float | None:
@@ -199,7 +201,47 @@ def write_report(out: Path, data: str, budget: float, results: list[dict], comma
               "paper": PAPER, "paper_relative_gain": paper_gain}
     atomic_write_text(out / "report.json", strictjson.dumps(report, indent=2))
     atomic_write_text(out / "report.md", format_report(report))
+    if {r["kind"] for r in results} == {"plain", "resnet"}:
+        plot_detection(report, out / FIGURE)
     return report
+
+
+def plot_detection(report: dict, path: Path) -> Path:
+    """One panel per AP metric: each backbone's mean ± std over seeds as a bar, each seed a dot, a seed's plain
+    and residual dots joined (the gain is paired by seed), and the mean relative gain in the panel's title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results, gains = report["results"], report.get("gains", {})
+    keys = [k for k in ("box_AP", "box_AP50", "box_AP75", "mask_AP") if any(r.get(k) is not None for r in results)]
+    kinds = [k for k in ("plain", "resnet") if any(r["kind"] == k for r in results)]
+    names = {k: next(r["backbone"] for r in results if r["kind"] == k) for k in kinds}
+    seeds = sorted({r.get("seed", 0) for r in results})
+    fig, axes = plt.subplots(1, len(keys), figsize=(2.6 * len(keys) + 0.6, 3.6), dpi=120, squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        per = {k: {r.get("seed", 0): 100 * r[key] for r in results if r["kind"] == k and r.get(key) is not None}
+               for k in kinds}
+        means = [statistics.fmean(per[k].values()) for k in kinds]
+        stds = [statistics.stdev(per[k].values()) if len(per[k]) > 1 else 0.0 for k in kinds]
+        ax.bar(range(len(kinds)), means, yerr=stds, capsize=4, color=["#b0b0b0", "#4c72b0"][:len(kinds)], alpha=0.8)
+        for seed in seeds:
+            xs = [i for i, k in enumerate(kinds) if seed in per[k]]
+            ax.plot(xs, [per[kinds[i]][seed] for i in xs], "o-", color="black", ms=3, lw=0.6, alpha=0.7)
+        ax.set_xticks(range(len(kinds)), [names[k] for k in kinds])
+        gain = gains.get(key)
+        spread = f" ± {100 * gain['std']:.0f}" if gain and len(gain["per_seed"]) > 1 else ""
+        ax.set_title(key.replace("_", " ") + (f"\n{100 * gain['mean']:+.0f}{spread}% relative" if gain else ""),
+                     fontsize=9)
+    axes[0][0].set_ylabel("AP (x100)")
+    fig.suptitle(f"Detection on {report['data']}, budget {report['budget']}: {len(seeds)} seed(s), "
+                 "bars mean ± std", fontsize=9)
+    fig.tight_layout()
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def _pm(mean: float | None, std: float | None, seeds: int, digits: int = 1) -> str:
@@ -227,7 +269,7 @@ def format_report(report: dict) -> str:
                          row["seeds"], 2),
                      *(_pm(row.get(f"{k}_mean"), row.get(f"{k}_std"), row["seeds"]) for k in keys)]
             lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", *_gain_lines(report.get("gains", {}), keys)]
+    lines += ["", *_gain_lines(report.get("gains", {}), keys), *_time_lines(results)]
     paper = report["paper"]
     lines += ["", "The paper (Faster R-CNN on COCO val, Table 8): VGG-16 "
               f"{paper['VGG-16']['coco_AP']} AP / {paper['VGG-16']['coco_AP50']} AP50, ResNet-101 "
@@ -236,6 +278,17 @@ def format_report(report: dict) -> str:
               f"{100 * report['paper_relative_gain']['coco_AP50']:+.0f}% relative. "
               "(There the backbones differ in depth too; here only the shortcuts differ.)", ""]
     return "\n".join(lines)
+
+
+def _time_lines(results: list[dict]) -> list[str]:
+    """The wall time of each stage per backbone, mean over seeds (runs recorded before it was kept are left out)."""
+    lines = []
+    for stage in ("classification", "detection"):
+        times = [r[f"{stage}_seconds"] for r in results if r.get(f"{stage}_seconds") is not None]
+        if times:
+            lines.append(f"- Wall time of {stage} per backbone and seed: {statistics.fmean(times) / 60:.1f} min "
+                         f"(mean of {len(times)}; {sum(times) / 60:.0f} min in all).")
+    return ["", *lines] if lines else []
 
 
 def _gain_lines(gains: dict, keys: list[str]) -> list[str]:

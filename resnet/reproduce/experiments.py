@@ -19,6 +19,8 @@ PLAIN_DEPTHS = (20, 32, 44, 56, 110)  # the paper trains no plain-1202
 # Table 6, CIFAR-10 test error (%); ResNet-110 is "best (mean±std)" over 5 runs: 6.43 (6.61±0.16).
 PAPER_TABLE6 = {"resnet20": 8.75, "resnet32": 7.51, "resnet44": 7.17, "resnet56": 6.97, "resnet110": 6.43,
                 "resnet1202": 7.93}
+PAPER_PLAIN = ("The paper gives no table for plain nets: in Fig. 6 (left) their error rises from 20 to 56 layers, "
+               "and plain-110's error is \"higher than 60%\" (not drawn).")
 CURVE_POINTS = 20  # evaluations per run, for the curves (each one reads the 5k val and 10k test images)
 
 
