@@ -150,6 +150,27 @@ def test_detection_report_gives_mean_std_and_the_gain_against_its_spread():
     assert "box AP: +40% relative (±17% over 3 seeds; residual better in 3/3): larger than the seed-to-seed spread" in text
 
 
+def test_a_suite_refuses_its_own_pretraining_run_of_another_recipe(tmp_path):
+    """Resuming a suite after the `fast` recipe changed must not average two pipelines over the seeds."""
+    import dataclasses
+
+    from resnet.reproduce.detection import check_backbone_recipe, recipes
+
+    pretrain = dataclasses.replace(recipes(1.0)[0], seed=2)
+    run = tmp_path / "plain20-classify-s2"
+    check_backbone_recipe(run, pretrain)  # not begun yet: nothing to compare
+    run.mkdir()
+    recorded = {k: v for k, v in dataclasses.asdict(pretrain).items() if k != "low_res_size"}  # a field added later
+    (run / "config.json").write_text(json.dumps({"model": "plain20", "recipe": dict(recorded, seed=2)}))
+    check_backbone_recipe(run, pretrain)
+    other = dict(recorded, crop_pad=pretrain.crop_pad + 3, tta="none")
+    (run / "config.json").write_text(json.dumps({"model": "plain20", "recipe": other}))
+    with pytest.raises(ValueError, match=r"plain20-classify-s2 was pretrained with another recipe than this suite's "
+                                         rf"\(crop_pad {pretrain.crop_pad + 3} -> {pretrain.crop_pad}, "
+                                         rf"tta 'none' -> '{pretrain.tta}'\)"):
+        check_backbone_recipe(run, pretrain)
+
+
 def test_detection_figure_and_wall_time_come_with_the_report(tmp_path):
     from PIL import Image
 

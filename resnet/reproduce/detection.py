@@ -11,6 +11,7 @@ ones; another budget is refused. The report puts box (and mask) AP of both besid
 from __future__ import annotations
 
 import dataclasses
+import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +118,21 @@ def backbone_run(pretrained: Path, model: str, seed: int) -> Path:
                             f"(looked for {candidates[0].name} and {candidates[1].name})")
 
 
+def check_backbone_recipe(run: Path, recipe: Recipe) -> None:
+    """Refuse (one line) a suite's own pretraining run begun with another recipe than this code's: a suite resumed
+    across a change of the `fast` recipe would otherwise average two pipelines over its seeds."""
+    path = run / "config.json"
+    if not path.exists():
+        return
+    have = strictjson.read_object(path, ("recipe",), fix=f"move {run} away to train it again")["recipe"]
+    want = json.loads(json.dumps(dataclasses.asdict(recipe)))
+    have = {**json.loads(json.dumps(dataclasses.asdict(Recipe()))), **have}  # fields added since: their defaults
+    changed = [f"{k} {have[k]!r} -> {want[k]!r}" for k in want if k != "seed" and have.get(k) != want[k]]
+    if changed:
+        raise ValueError(f"{run} was pretrained with another recipe than this suite's ({', '.join(changed)}); move it "
+                         f"and its -detect run(s) away to train that seed again, or give another --out")
+
+
 def _train_pair(stage: Stage, kind: str, out: Path, data: str, masks: bool, data_dir: str | None,
                 pretrained: str | Path | None, progress: bool | None) -> dict:
     """Classification pretraining (or the reused backbone), then detection training: the report's row."""
@@ -126,6 +142,7 @@ def _train_pair(stage: Stage, kind: str, out: Path, data: str, masks: bool, data
         classify = read_metrics(backbone / "metrics.jsonl")[-1]
     else:
         backbone = out / f"{model}-classify{stage.suffix}"
+        check_backbone_recipe(backbone, stage.pretrain)
         classify = _stage(backbone, lambda d: train(model, "fashion-mnist", recipe=stage.pretrain, out=d,
                                                     progress=progress),
                           lambda d: train(resume=d, progress=progress))
