@@ -57,9 +57,14 @@ def test_the_numbers_are_the_records():
     detection = json.loads((ROOT / "results/detection-fashion-scenes-b1/report.json").read_text())
     text = section(page, "detection-fashion-scenes-b1")
     for row in detection["results"]:
-        line = next(line for line in text.splitlines() if line.startswith(f"| {row['backbone']} |"))
+        line = next(line for line in text.splitlines() if line.startswith(f"| {row['backbone']} | {row['seed']} |"))
         assert f"| {100 * row['box_AP']:.1f} | {100 * row['box_AP50']:.1f} |" in line
-    assert f"box_AP {100 * detection['relative_gain']['box_AP']:+.0f}%" in text  # +24%
+    for row in detection["summary"]:
+        line = next(line for line in text.splitlines() if line.startswith(f"| {row['backbone']} | {row['seeds']} |"))
+        assert f"| {100 * row['box_AP_mean']:.1f} ± {100 * row['box_AP_std']:.1f} |" in line
+    gain = detection["gains"]["box_AP"]
+    assert f"- box_AP: {100 * gain['mean']:+.0f}% ± {100 * gain['std']:.0f}% over 3 seeds" in text
+    assert "![detection](../results/detection-fashion-scenes-b1/detection.png)" in text
     xeon = json.loads((ROOT / "benchmarks/results/time_to_accuracy-xeon.json").read_text())
     text = section(page, "time_to_accuracy-xeon")
     assert "- machine: cpu Intel(R) Xeon(R) Processor, cores 2, threads 2" in text
