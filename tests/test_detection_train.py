@@ -150,6 +150,20 @@ def test_detection_report_gives_mean_std_and_the_gain_against_its_spread():
     assert "box AP: +40% relative (±17% over 3 seeds; residual better in 3/3): larger than the seed-to-seed spread" in text
 
 
+def test_the_masks_suite_has_its_own_default_folder(tmp_path, monkeypatch):
+    """Its report must not overwrite the box suite's, which it usually reuses with --pretrained."""
+    from resnet.reproduce.detection import reproduce_detection
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("detection-fashion-scenes", "detection-fashion-scenes-masks"):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "suite.json").write_text(json.dumps({"data": "fashion-scenes", "budget": 0.5,
+                                                                          "recipe": {}}))
+    for masks, name in ((True, "detection-fashion-scenes-masks"), (False, "detection-fashion-scenes")):
+        with pytest.raises(ValueError, match=rf"^runs/{name} holds a suite trained with budget 0.5"):
+            reproduce_detection("fashion-scenes", budget=1.0, masks=masks, data_dir=str(tmp_path), progress=False)
+
+
 def test_a_suite_refuses_its_own_pretraining_run_of_another_recipe(tmp_path):
     """Resuming a suite after the `fast` recipe changed must not average two pipelines over the seeds."""
     import dataclasses

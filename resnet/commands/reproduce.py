@@ -56,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "gives mean±std (default: 1)")
     p.add_argument("--jobs", type=positive_int,
                    help="runs trained at once in separate processes (default: 1 on the CPU, 4 on a GPU)")
-    p.add_argument("--out", help="suite folder (default: runs/EXPERIMENT-DATA)")
+    p.add_argument("--out", help="suite folder (default: runs/EXPERIMENT-DATA; with --masks: runs/detection-DATA-masks)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train (default: auto)")
     p.add_argument("--data-dir", help="dataset folder (default: the usual places)")
     p.add_argument("--download", action="store_true", help="download the dataset if it is missing")

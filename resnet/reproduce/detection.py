@@ -80,7 +80,7 @@ def reproduce_detection(data: str = "fashion-scenes", *, budget: float = 1.0, de
         make_fashion_scenes(progress=progress is not False)
     b = DetectionBudget(depth=depth or DetectionBudget.depth)
     pretrain, detect = recipes(budget, device, b)
-    out = Path(out or f"runs/detection-{data}")
+    out = Path(out or f"runs/detection-{data}{'-masks' if masks else ''}")  # its report beside the box suite's
     check_suite(out, data, budget, detect)
     print(f"detection on {data}: plain{b.depth} and resnet{b.depth} backbones x {seeds} seed(s), {pretrain.iters} "
           f"classification and {detect.iters} detection iterations each (budget {budget}) -> {out}")
