@@ -154,7 +154,8 @@ def _train_pair(stage: Stage, kind: str, out: Path, data: str, masks: bool, data
     return {"backbone": model, "kind": kind, "seed": stage.seed,
             "classification_test_error": classify["test_top1_error"],
             **{k[4:]: v for k, v in row.items() if k.startswith("val_") and k != "val_images"},
-            "classification_seconds": classify.get("wall_time"), "detection_seconds": row["wall_time"],
+            "classification_seconds": None if pretrained else classify.get("wall_time"),  # reused: not this suite's
+            "detection_seconds": row["wall_time"],
             "iterations": row["step"]}
 
 
