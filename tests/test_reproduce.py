@@ -38,6 +38,9 @@ def test_plans_follow_the_paper():
     full, tenth = recipe_for("table6", 1.0), recipe_for("table6", 0.1)
     assert (full.iters, full.lr_drops, full.batch_size, full.lr, full.weight_decay) == (64_000, (0.5, 0.75), 128, 0.1, 1e-4)
     assert tenth.iters == 6_400 and tenth.val_split  # 45k/5k-style held-out split for model selection
+    assert full.warmup == "auto" and recipe_for("degradation", 1.0).warmup == "off"  # the paper's; the demo's
+    assert recipe_for("degradation", 1.0, warmup="auto").warmup == "auto"
+    assert recipe_for("table6", 1.0, warmup="off").warmup == "off"
 
 
 def test_seeds_are_summarised_as_best_mean_std():
@@ -141,6 +144,11 @@ def test_other_budget_on_the_same_out_is_refused(tiny_fashion, tmp_path, capsys)
     assert code == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "budget" in error and str(out) in error
+    code = main(["reproduce", "table6", "--data", "fashion-mnist", "--depths", "20", "--budget", str(BUDGET),
+                 "--warmup", "off", "--out", str(out), "--data-dir", str(tiny_fashion), "--device", "cpu"])
+    assert code == 2 and "another recipe" in capsys.readouterr().err  # the suite began with the paper's warm-up
+    assert main(["reproduce", "detection", "--warmup", "on"]) == 2
+    assert "--warmup applies to the CIFAR experiments" in capsys.readouterr().err
 
 
 def test_interrupted_run_resumes_exactly(tiny_fashion, tmp_path):

@@ -62,6 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--download", action="store_true", help="download the dataset if it is missing")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar for each run (default: when stderr is a terminal)")
+    p.add_argument("--warmup", choices=["auto", "on", "off"],
+                   help="the paper's warm-up (lr 0.01 until training error < 80%%): auto = ResNet-110 and deeper "
+                        "(default: auto; degradation: off, the demo's)")
     p.add_argument("--masks", action="store_true", help="detection: Mask R-CNN, mask AP too")
     p.add_argument("--pretrained", metavar="SUITE",
                    help="detection: a table6 suite folder whose plain/resnet runs are the backbones")
@@ -79,8 +82,11 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--data {data}: the detection experiment runs on fashion-scenes or coco, the others on "
                          f"cifar10 or fashion-mnist")
     masks, pretrained = getattr(args, "masks", False), getattr(args, "pretrained", None)  # `resnet demo` has neither
+    warmup = getattr(args, "warmup", None)
     if not detection and (masks or pretrained):
         raise ValueError("--masks and --pretrained apply to the detection experiment only")
+    if detection and warmup:
+        raise ValueError("--warmup applies to the CIFAR experiments (the detection recipes set their own)")
     try:
         if detection:
             from resnet.reproduce.detection import reproduce_detection
@@ -93,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         reproduce(args.experiment, data, depths=args.depths, budget=args.budget, seeds=args.seeds,
                   jobs=args.jobs, out=args.out, device=args.device, data_dir=args.data_dir,
-                  download=args.download, progress=args.progress, command=command)
+                  download=args.download, progress=args.progress, warmup=warmup, command=command)
     except Interrupted as e:
         again = f"continue with: {command}" if command else "run the same command again to continue"
         print(f"resnet reproduce: stopped; checkpoints saved; {again}", file=sys.stderr)

@@ -34,14 +34,14 @@ def default_jobs(device: str) -> int:
 def reproduce(experiment: str, data: str = "cifar10", *, depths: tuple[int, ...] | None = None,
               budget: float = 1.0, seeds: int = 1, jobs: int | None = None, out: str | Path | None = None,
               device: str = "auto", data_dir: str | None = None, download: bool = False,
-              progress: bool | None = None, command: str = "") -> dict:
+              progress: bool | None = None, warmup: str | None = None, command: str = "") -> dict:
     """Train what is missing of `experiment`, then write and return its report entry."""
     if data not in DATA:
         raise ValueError(f"invalid --data {data!r}; the CIFAR experiments run on: {', '.join(DATA)}")
     specs = plan(experiment, tuple(depths) if depths else None, seeds)
     for spec in specs:  # an unknown depth is refused before suite.json or any run folder is written
         get_spec(spec.model)
-    recipe = recipe_for(experiment, budget, device)
+    recipe = recipe_for(experiment, budget, device, warmup)
     out = Path(out or f"runs/{experiment}-{data}")
     jobs = default_jobs(device) if jobs is None else jobs
     if jobs < 1:

@@ -60,17 +60,20 @@ DEGRADATION = Degradation()
 EXPERIMENTS = ("table6", "shortcuts", "fig7", "degradation")
 
 
-def recipe_for(experiment: str, budget: float, device: str = "auto") -> Recipe:
-    """The recipe every run of `experiment` shares (the seed is set per run)."""
+def recipe_for(experiment: str, budget: float, device: str = "auto", warmup: str | None = None) -> Recipe:
+    """The recipe every run of `experiment` shares (the seed is set per run). `warmup`: the paper's lr 0.01 until
+    training error < 80% ("auto": ResNet-110 and deeper, as the paper; "on"; "off"); None: the experiment's own
+    (the paper's "auto", the degradation demo's "off")."""
     if budget <= 0:
         raise ValueError(f"invalid --budget {budget}; must be positive (1 = the paper's 64k iterations)")
     if experiment == "degradation":
         d = DEGRADATION
         return get_recipe("paper-cifar", iters=max(1, round(d.iters * budget)), subset=d.subset,
                           eval_subset=d.eval_subset, batch_size=d.batch_size, lr=d.lr, val_split=False,
-                          warmup="off", device=device, eval_every=max(1, round(d.eval_every * budget)))
+                          warmup=warmup or "off", device=device, eval_every=max(1, round(d.eval_every * budget)))
     iters = max(1, round(PAPER_ITERS * budget))
-    return get_recipe("paper-cifar", iters=iters, eval_every=max(1, iters // CURVE_POINTS), device=device)
+    return get_recipe("paper-cifar", iters=iters, eval_every=max(1, iters // CURVE_POINTS), device=device,
+                      **({"warmup": warmup} if warmup else {}))
 
 
 def plan(experiment: str, depths: tuple[int, ...] | None = None, seeds: int = 1) -> list[RunSpec]:
