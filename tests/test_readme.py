@@ -421,9 +421,10 @@ class Line:
                 self.checkpoint(value, model=a.model)
             elif word == "--resume" and not Path(value).exists():
                 place(self.artefacts.run("stopped"), Path(value))
-            elif word == "--pretrained":  # a table6 suite folder: {plain,resnet}{depth}-s0
+            elif word == "--pretrained":  # a table6 suite folder: {plain,resnet}{depth}-s{seed}, a run per seed
                 for kind in ("plain", "resnet"):
-                    place(self.artefacts.run(kind), Path(value) / f"{kind}{(a.depths or [20])[0]}-s0")
+                    for seed in range(getattr(a, "seeds", None) or 1):
+                        place(self.artefacts.run(kind), Path(value) / f"{kind}{(a.depths or [20])[0]}-s{seed}")
             elif word == "--data-dir":
                 self.data_dir(value)
             elif word == "--image" and not Path(value).exists():  # export's test image
