@@ -11,7 +11,6 @@ ones; another budget is refused. The report puts box (and mask) AP of both besid
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from resnet import strictjson
 from resnet.atomic import atomic_write, atomic_write_text
 from resnet.detection.scenes import make_fashion_scenes
 from resnet.detection.train import train_detector
-from resnet.reproduce.suite import check_suite
+from resnet.reproduce.suite import check_suite, recipe_fields
 from resnet.train.curves import read_metrics
 from resnet.train.loop import train
 from resnet.train.recipes import Recipe, get_recipe
@@ -124,10 +123,9 @@ def check_backbone_recipe(run: Path, recipe: Recipe) -> None:
     path = run / "config.json"
     if not path.exists():
         return
-    have = strictjson.read_object(path, ("recipe",), fix=f"move {run} away to train it again")["recipe"]
-    want = json.loads(json.dumps(dataclasses.asdict(recipe)))
-    have = {**json.loads(json.dumps(dataclasses.asdict(Recipe()))), **have}  # fields added since: their defaults
-    changed = [f"{k} {have[k]!r} -> {want[k]!r}" for k in want if k != "seed" and have.get(k) != want[k]]
+    have = recipe_fields(strictjson.read_object(path, ("recipe",), fix=f"move {run} away to train it again")["recipe"])
+    want = recipe_fields(recipe)
+    changed = [f"{k} {have[k]!r} -> {want[k]!r}" for k in want if have[k] != want[k]]
     if changed:
         raise ValueError(f"{run} was pretrained with another recipe than this suite's ({', '.join(changed)}); move it "
                          f"and its -detect run(s) away to train that seed again, or give another --out")

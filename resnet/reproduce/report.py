@@ -25,7 +25,8 @@ def aggregate(results: list[dict], data: str) -> list[dict]:
     rows = []
     for label, runs in groups.items():
         test = [r["test_error"] for r in runs]
-        paper = PAPER_TABLE6.get(label) if data == "cifar10" else None
+        table6 = PAPER_TABLE6.get(label)  # CIFAR-10: a target on CIFAR-10, beside other data for shape only
+        paper = table6 if data == "cifar10" else None
         mean = statistics.fmean(test)
         rows.append({
             "net": label, "kind": runs[0]["kind"], "depth": runs[0]["depth"], "seeds": len(runs),
@@ -36,7 +37,7 @@ def aggregate(results: list[dict], data: str) -> list[dict]:
             "train_error_std": _std([r["train_error"] for r in runs]),
             "iterations": runs[0]["iterations"], "train_seconds_mean": statistics.fmean(r["train_seconds"] for r in runs),
             "paper_test_error": None if paper is None else paper / 100,
-            "paper_cifar10_test_error": PAPER_TABLE6[label] / 100 if label in PAPER_TABLE6 else None,  # for shape
+            "paper_cifar10_test_error": None if table6 is None else table6 / 100,
             "difference": None if paper is None else mean - paper / 100,
         })
     return rows

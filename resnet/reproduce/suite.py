@@ -30,17 +30,24 @@ SUITE_FIX = ("delete it to let the next call record the suite's options again (t
 PROGRESS_SECONDS = 30  # with --jobs > 1, a line on how far each running run is, this often
 
 
+def recipe_fields(recipe: Recipe | dict) -> dict:
+    """A recipe as its JSON fields less the seed (seeds vary per run), for comparing one run or suite with another;
+    a recorded one (a dict) gets the defaults of the fields added since it was written."""
+    if isinstance(recipe, Recipe):
+        recipe = dataclasses.asdict(recipe)
+    fields = json.loads(json.dumps({**dataclasses.asdict(Recipe()), **recipe}))
+    return {k: v for k, v in fields.items() if k != "seed"}
+
+
 def check_suite(out: Path, data: str, budget: float, recipe: Recipe) -> None:
     """Create out/suite.json, or refuse (one line) when `out` holds a suite of another data, budget or recipe."""
-    recipe_fields = {k: v for k, v in dataclasses.asdict(recipe).items() if k != "seed"}  # seeds vary per run
-    wanted = json.loads(json.dumps({"data": data, "budget": budget, "recipe": recipe_fields}))
+    wanted = json.loads(json.dumps({"data": data, "budget": budget, "recipe": recipe_fields(recipe)}))
     path = out / "suite.json"
     if path.exists():
         have = strictjson.read_object(path, ("data", "budget", "recipe"), fix=SUITE_FIX)
         if not isinstance(have["recipe"], dict):
             raise ValueError(f"{path}: its 'recipe' is a {type(have['recipe']).__name__}, not an object; {SUITE_FIX}")
-        defaults = json.loads(json.dumps(dataclasses.asdict(Recipe())))  # fields added since the suite began
-        have["recipe"] = {k: v for k, v in {**defaults, **have["recipe"]}.items() if k != "seed"}
+        have["recipe"] = recipe_fields(have["recipe"])
         if have != wanted:
             changed = [k for k in ("data", "budget") if have[k] != wanted[k]] or ["recipe"]
             was = ", ".join(f"{k} {have[k]}" for k in changed if k != "recipe") or "another recipe"
